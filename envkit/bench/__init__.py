@@ -1,0 +1,1 @@
+"""`envkit bench`: honest matmul, memory and interconnect throughput."""

@@ -1,0 +1,1 @@
+"""`envkit doctor`: verify drivers, GPUs and the deep-learning stack."""

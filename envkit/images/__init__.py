@@ -1,0 +1,1 @@
+"""`envkit images`: build and test the matrix's container images."""

@@ -1,0 +1,1 @@
+"""The bundled training package: prepare -> pretrain -> fine-tune -> test."""

@@ -1,0 +1,1 @@
+"""Framework-free core: config, data, tokenizer, sampler, metrics, checkpoints."""
