@@ -33,7 +33,7 @@ setup: $(STAMP) ## Create .venv and install envkit with the torch, tf and dev ex
 
 demo: $(STAMP) ## Doctor, a quick bench and the tiny train -> fine-tune -> test cycle (embedded data)
 	$(BIN)/envkit doctor
-	$(BIN)/envkit bench matmul --preset quick --backend numpy --backend torch --out results/demo-bench.json --plot results/demo-bench.png
+	$(BIN)/envkit bench matmul --preset quick --device cpu --backend numpy,torch --dtype fp32 --out results/demo-bench.json --plot results/demo-bench.png
 	$(BIN)/envkit train cycle --preset tiny run_dir=runs/demo
 
 test: $(STAMP) ## Run the whole test suite (unit, integration, containers, ansible)
@@ -48,11 +48,12 @@ lint: $(STAMP) ## ruff, hadolint, yamllint and ansible-lint
 	cd ansible && ../$(BIN)/yamllint -s . && ../$(BIN)/ansible-lint --profile production
 
 doctor: $(STAMP) ## Check this machine's stack (driver, GPUs, CUDA, frameworks, Docker)
-	$(BIN)/envkit doctor
+	$(BIN)/envkit doctor --output results/doctor.json $(DOCTOR_ARGS)
 
 bench: $(STAMP) ## Quick CPU matmul + memory bench, JSON and PNG under results/
-	$(BIN)/envkit bench matmul --preset quick --out results/bench-matmul.json --plot results/bench-matmul.png
-	$(BIN)/envkit bench memory --out results/bench-memory.json
+	$(BIN)/envkit bench matmul --preset quick --device cpu --backend numpy,torch,tensorflow --out results/bench-matmul.json --plot results/bench-matmul.png
+	$(BIN)/envkit bench memory --device cpu --out results/bench-memory.json
+	$(BIN)/envkit bench allreduce --backend gloo --nproc 2 --max-size 16MiB --out results/bench-allreduce.json
 
 train: $(STAMP) ## The tiny cycle: prepare, pretrain, fine-tune, test (ENGINE=pytorch|tensorflow)
 	$(BIN)/envkit train cycle --preset $(PRESET) engine=$(ENGINE) run_dir=$(RUN_DIR)

@@ -1,0 +1,163 @@
+"""`envkit bench allreduce`: all-reduce bandwidth through torch.distributed, launched with torchrun.
+
+gloo on the CPU, NCCL on GPUs (one process per GPU). Figures follow
+nccl-tests: algbw = bytes / time, busbw = algbw · 2(n-1)/n.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from envkit.bench.errors import BenchInputError
+from envkit.bench.report import new_document
+from envkit.bench.stats import busbw_factor
+
+KIB, MIB, GIB = 1024, 1024**2, 1024**3
+
+
+@dataclass(frozen=True)
+class AllreduceOptions:
+    nproc: int | None = None  # None: one per GPU, or 2 on a CPU
+    backend: str = "auto"  # auto | gloo | nccl
+    min_bytes: int = KIB
+    max_bytes: int | None = None  # None: 1 GiB on GPUs, 64 MiB with gloo on a CPU
+    min_time_s: float = 0.2
+    timeout_s: float = 900.0
+
+
+def parse_bytes(text: str, name: str) -> int:
+    """'1KiB', '64MiB', '1GiB', '4096' -> bytes (positive)."""
+    units = {"kib": KIB, "mib": MIB, "gib": GIB, "k": KIB, "m": MIB, "g": GIB, "b": 1, "": 1}
+    raw = str(text).strip().lower()
+    number = raw.rstrip("kmgib")
+    unit = raw[len(number) :]
+    try:
+        value = int(float(number) * units[unit])
+    except (ValueError, KeyError):
+        raise BenchInputError(f"--{name} {text!r} is not a size; use e.g. 1KiB, 64MiB, 1GiB") from None
+    if value <= 0:
+        raise BenchInputError(f"--{name} must be positive, got {text!r}")
+    return value
+
+
+def _gpu_count() -> int:
+    try:
+        import torch
+    except ImportError:
+        return 0
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def resolve(options: AllreduceOptions) -> tuple[str, int, int]:
+    """(backend, nproc, max_bytes) after applying defaults; BenchInputError for impossible requests."""
+    import importlib.util
+
+    if importlib.util.find_spec("torch") is None:
+        raise BenchInputError("allreduce needs torch; pip install 'envkit[torch]'")
+    gpus = _gpu_count()
+    backend = options.backend
+    if backend == "auto":
+        backend = "nccl" if gpus else "gloo"
+    if backend not in ("gloo", "nccl"):
+        raise BenchInputError(f"--backend {options.backend!r} is not one of auto, gloo, nccl")
+    if backend == "nccl" and not gpus:
+        raise BenchInputError("--backend nccl needs CUDA GPUs and this torch sees none; use --backend gloo")
+    nproc = options.nproc or (gpus if backend == "nccl" else 2)
+    if nproc < 1:
+        raise BenchInputError(f"--nproc must be >= 1, got {nproc}")
+    if backend == "nccl" and nproc > gpus:
+        raise BenchInputError(f"--nproc {nproc} exceeds the {gpus} GPU(s) NCCL can use (one process per GPU)")
+    max_bytes = options.max_bytes or (GIB if backend == "nccl" else 64 * MIB)
+    if max_bytes < options.min_bytes:
+        raise BenchInputError(f"--max-size ({max_bytes} B) is below --min-size ({options.min_bytes} B)")
+    return backend, nproc, max_bytes
+
+
+def _nccl_version() -> str:
+    import torch
+
+    version = torch.cuda.nccl.version()  # a tuple in recent torch, an int (2.x: 21803) in old ones
+    return ".".join(map(str, version)) if isinstance(version, tuple) else str(version)
+
+
+def run_allreduce(
+    options: AllreduceOptions, on_progress: Callable[[str], None] | None = None
+) -> dict[str, Any]:
+    """Launch torchrun with one worker per process and collect rank 0's results."""
+    backend, nproc, max_bytes = resolve(options)
+    doc = new_document(
+        "allreduce", options={**options.__dict__, "backend": backend, "nproc": nproc, "max_bytes": max_bytes}
+    )
+    import torch
+
+    doc["context"]["torch"] = {
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "nccl": _nccl_version() if backend == "nccl" else None,
+    }
+    with tempfile.TemporaryDirectory(prefix="envkit-allreduce-") as tmp:
+        out = Path(tmp) / "rank0.json"
+        cmd = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            f"--nproc-per-node={nproc}",
+            "-m",
+            "envkit.bench.allreduce_worker",
+            "--backend",
+            backend,
+            "--min-bytes",
+            str(options.min_bytes),
+            "--max-bytes",
+            str(max_bytes),
+            "--min-time",
+            str(options.min_time_s),
+            "--out",
+            str(out),
+        ]
+        env = dict(os.environ)
+        if backend == "gloo":
+            env.setdefault("OMP_NUM_THREADS", "1")  # one compute thread per rank; the ranks share the cores
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+        log: list[str] = []
+        try:
+            assert proc.stdout is not None
+            for line in proc.stdout:
+                log.append(line.rstrip())
+                if on_progress and line.startswith("allreduce "):
+                    on_progress(line.strip())
+            rc = proc.wait(timeout=options.timeout_s)
+        except KeyboardInterrupt:
+            proc.terminate()
+            proc.wait(timeout=30)
+            doc["interrupted"] = True
+            rc = 0
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            rc = -9
+            log.append(f"torchrun did not finish within {options.timeout_s:.0f} s")
+        payload = json.loads(out.read_text()) if out.exists() else {"results": []}
+    doc["results"] = payload["results"]
+    failures = sum(1 for r in doc["results"] if not r["correct"])
+    doc["summary"] = {
+        "backend": backend,
+        "world_size": nproc,
+        "busbw_factor": busbw_factor(nproc),
+        "status": "fail" if failures else ("ok" if rc == 0 and doc["results"] else "error"),
+        "failures": failures,
+        "peak_busbw_gbps": max((r["busbw_gbps"] or 0.0 for r in doc["results"]), default=None),
+        "peak_algbw_gbps": max((r["algbw_gbps"] or 0.0 for r in doc["results"]), default=None),
+    }
+    if rc != 0:
+        tail = [line for line in log if line.strip()][-5:]
+        doc["summary"]["message"] = f"torchrun exited with {rc}: " + " | ".join(tail)
+    return doc

@@ -1,0 +1,1 @@
+"""Doctor probes: each returns checks (status, evidence, hint) and never raises."""

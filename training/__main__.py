@@ -1,0 +1,5 @@
+"""`python -m training ...` = `envkit train ...` (handy under torchrun)."""
+
+from training.cli import main
+
+main()

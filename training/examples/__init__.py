@@ -1,0 +1,1 @@
+"""Small, self-contained examples that show a framework working (run with `python -m`)."""
