@@ -152,6 +152,7 @@ LABEL org.opencontainers.image.title="envkit ${FRAMEWORK} ${FRAMEWORK_VERSION} (
       io.envkit.python="${PYTHON_VERSION}"
 
 # -- test: proves the image inside the build (`--target test`) -------------------
+# doctor must call the stack usable (exit 0) and a tiny matmul must be correct.
 FROM runtime AS test
 RUN envkit doctor \
- && envkit bench matmul --preset quick --backend tensorflow --out /tmp/bench.json
+ && envkit bench matmul --backend tensorflow --dtype fp32 --m 512 --warmup 0.05 --min-time 0.1 --out /tmp/bench.json

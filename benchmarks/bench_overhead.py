@@ -34,7 +34,11 @@ from envkit.bench.shapes import Shape
 TARGET = 0.95
 
 
-def bare_numpy(n: int, calls: int) -> float:
+def _median_and_best(n: int, times: list[float]) -> tuple[float, float]:
+    return 2 * n**3 / statistics.median(times) / 1e12, 2 * n**3 / min(times) / 1e12
+
+
+def bare_numpy(n: int, calls: int) -> tuple[float, float]:
     """Median TFLOP/s of `numpy.matmul(a, b, out=c)` timed call by call: the same product
     envkit times (into a preallocated output), with nothing around it."""
     rng = np.random.default_rng()
@@ -47,10 +51,10 @@ def bare_numpy(n: int, calls: int) -> float:
         start = time.perf_counter()
         np.matmul(a, b, out=c)
         times.append(time.perf_counter() - start)
-    return 2 * n**3 / statistics.median(times) / 1e12
+    return _median_and_best(n, times)
 
 
-def bare_torch(n: int, calls: int) -> float:
+def bare_torch(n: int, calls: int) -> tuple[float, float]:
     a, b, c = torch.randn(n, n), torch.randn(n, n), torch.empty(n, n)
     torch.mm(a, b, out=c)
     times = []
@@ -58,7 +62,7 @@ def bare_torch(n: int, calls: int) -> float:
         start = time.perf_counter()
         torch.mm(a, b, out=c)
         times.append(time.perf_counter() - start)
-    return 2 * n**3 / statistics.median(times) / 1e12
+    return _median_and_best(n, times)
 
 
 def mamf_method_tflops(shape: Shape, dtype: str, iters: int = 100, warmup: int = 50) -> float:
@@ -162,15 +166,15 @@ def gpu_main(args: argparse.Namespace) -> None:
     print(f"wrote {args.out}")
 
 
-def envkit_tflops(backend: str, n: int) -> float:
-    """The median TFLOP/s envkit reports, through its own default CPU timing policy."""
+def envkit_tflops(backend: str, n: int) -> tuple[float, float]:
+    """The (median, best-call) TFLOP/s envkit reports, through its default CPU timing policy."""
     doc = run_matmul(
         MatmulOptions(backends=[backend], dtypes=["fp32"], device="cpu", shapes=[Shape(n, n, n)])
     )
     run = doc["results"][0]
     if run["status"] != "ok":
         raise SystemExit(f"envkit {backend} run failed: {run['shapes'][0].get('message')}")
-    return run["best"]["tflops"]
+    return run["best"]["tflops"], run["best"]["tflops_max"]
 
 
 def main() -> None:
@@ -203,24 +207,28 @@ def main() -> None:
                     e = envkit_tflops(backend, n)
                 pairs.append((e, b))
                 print(
-                    f"n={n} {backend:<6} rep {rep}: envkit {e * 1e3:8.2f}  bare {b * 1e3:8.2f} GFLOP/s  "
-                    f"ratio {e / b:.3f}",
+                    f"n={n} {backend:<6} rep {rep}: median envkit {e[0] * 1e3:7.2f} bare {b[0] * 1e3:7.2f} "
+                    f"GFLOP/s ({e[0] / b[0]:.3f}); best call envkit {e[1] * 1e3:7.2f} bare "
+                    f"{b[1] * 1e3:7.2f} ({e[1] / b[1]:.3f})",
                     flush=True,
                 )
-            ratios = [e / b for e, b in pairs]
-            envkit_median = statistics.median(e for e, _ in pairs)
-            bare_median = statistics.median(b for _, b in pairs)
+            median_ratios = [e[0] / b[0] for e, b in pairs]
+            best_ratios = [e[1] / b[1] for e, b in pairs]
             rows.append(
                 {
                     "size": n,
                     "backend": backend,
                     "dtype": "fp32",
-                    "envkit_gflops": [e * 1e3 for e, _ in pairs],
-                    "bare_gflops": [b * 1e3 for _, b in pairs],
-                    "ratio_per_rep": ratios,
-                    "ratio_of_medians": envkit_median / bare_median,
-                    "median_ratio": statistics.median(ratios),
-                    "meets_target": statistics.median(ratios) >= TARGET,
+                    "envkit_median_gflops": [e[0] * 1e3 for e, _ in pairs],
+                    "bare_median_gflops": [b[0] * 1e3 for _, b in pairs],
+                    "envkit_best_gflops": [e[1] * 1e3 for e, _ in pairs],
+                    "bare_best_gflops": [b[1] * 1e3 for _, b in pairs],
+                    # median figures: what envkit reports; best-call figures: immune to slow-downs
+                    # from other tenants (noise only ever adds time), so the cleaner overhead test
+                    "median_ratio_per_rep": median_ratios,
+                    "median_ratio": statistics.median(median_ratios),
+                    "best_call_ratio": statistics.median(best_ratios),
+                    "meets_target": statistics.median(median_ratios) >= TARGET,
                 }
             )
     result = {
@@ -235,8 +243,8 @@ def main() -> None:
     atomic_write_bytes(args.out, (json.dumps(result, indent=2) + "\n").encode())
     for row in rows:
         print(
-            f"n={row['size']:<5} {row['backend']:<6} envkit/bare median ratio {row['median_ratio']:.3f} "
-            f"(ratio of medians {row['ratio_of_medians']:.3f})  {'OK' if row['meets_target'] else 'BELOW'}"
+            f"n={row['size']:<5} {row['backend']:<6} envkit/bare: median {row['median_ratio']:.3f}, "
+            f"best call {row['best_call_ratio']:.3f}  {'OK' if row['meets_target'] else 'BELOW'}"
         )
     print(f"wrote {args.out}")
 

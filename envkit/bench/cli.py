@@ -123,8 +123,8 @@ def matmul(
     plot: Path = typer.Option(None, "--plot", help="Write a PNG of TFLOP/s against shape per dtype."),
 ) -> None:
     """Matmul TFLOP/s per shape and dtype, checked against a float64 reference."""
-    from envkit.bench.matmul import MatmulOptions, run_matmul
-    from envkit.bench.shapes import PRESETS, explicit_shapes
+    from envkit.bench.matmul import MatmulOptions, plan_runs, run_matmul
+    from envkit.bench.shapes import PRESETS, explicit_shapes, preset_shapes
 
     backends = _split(backend) or (["torch"] if importlib.util.find_spec("torch") else ["numpy"])
     try:
@@ -150,7 +150,11 @@ def matmul(
         warmup_s=warmup,
         min_time_s=min_time,
     )
-    doc = _with_progress(lambda cb: run_matmul(options, on_progress=cb), as_json)
+    try:
+        total = sum(len(shapes or preset_shapes(preset, t.kind)) for t, _ in plan_runs(options))
+    except BenchInputError as exc:
+        raise _usage_error(str(exc)) from None
+    doc = _with_progress(lambda cb: run_matmul(options, on_progress=cb), as_json, total)
     if plot is not None and any(r.get("best") for r in doc["results"]):
         from envkit.bench.plot import plot_matmul
 
@@ -168,7 +172,9 @@ def matmul(
     _finish(doc, as_json, out, render)
 
 
-def _with_progress(run: Callable[[Callable | None], dict[str, Any]], as_json: bool) -> dict[str, Any]:
+def _with_progress(
+    run: Callable[[Callable | None], dict[str, Any]], as_json: bool, total: int | None
+) -> dict[str, Any]:
     """Run a matmul sweep under a Rich progress bar, printing each finished shape above it."""
     from envkit.bench.render import shape_row
 
@@ -181,7 +187,7 @@ def _with_progress(run: Callable[[Callable | None], dict[str, Any]], as_json: bo
         console=err,
         transient=True,
     )
-    task = progress.add_task("matmul", total=None)
+    task = progress.add_task("matmul", total=total)
 
     def on_progress(run_doc: dict[str, Any], shape: dict[str, Any] | None) -> None:
         if shape is None:

@@ -45,44 +45,6 @@ def shape_row(run: dict[str, Any], s: dict[str, Any]) -> str:
     return f"{head}  {status_text(s['status'])}  {s.get('message') or ''}"
 
 
-def matmul_shapes_table(doc: dict[str, Any]) -> Table:
-    table = Table(title="matmul: every shape", title_justify="left")
-    for col in (
-        "backend",
-        "device",
-        "dtype",
-        "M×N×K",
-        "median TFLOP/s",
-        "max",
-        "mean",
-        "min",
-        "spread",
-        "rel. error",
-        "status",
-    ):
-        table.add_column(
-            col, justify="right" if col not in ("backend", "device", "dtype", "status") else "left"
-        )
-    for run in doc["results"]:
-        for s in run["shapes"]:
-            t = s.get("tflops") or {}
-            corr = s.get("correctness") or {}
-            table.add_row(
-                run["backend"],
-                run["device"],
-                run["dtype"],
-                f"{s['m']}x{s['n']}x{s['k']}",
-                fmt(t.get("median")),
-                fmt(t.get("max")),
-                fmt(t.get("mean")),
-                fmt(t.get("min")),
-                f"{s['spread_pct']:.1f}%" if s.get("spread_pct") is not None else "—",
-                f"{corr['rel_error']:.1e}" if corr.get("rel_error") is not None else "—",
-                status_text(s["status"]),
-            )
-    return table
-
-
 def matmul_summary_table(doc: dict[str, Any]) -> Table:
     names = {r["device"]: r["device_name"] for r in doc["results"]}
     caption = "; ".join(f"{device}: {name}" for device, name in names.items())

@@ -82,12 +82,16 @@ def doctor(
     else:
         with err.status("envkit doctor: probing driver, GPUs, CUDA, frameworks, Docker ..."):
             report = run_doctor(opts)
-    text = json.dumps(report.to_dict(), indent=2)
+    # default=str: a stray bytes or ctypes value in some details must not lose the whole report
+    text = json.dumps(report.to_dict(), indent=2, default=str)
     if output is not None:
         try:
             _write_atomically(output, text + "\n")
         except OSError as exc:
-            err.print(f"envkit doctor: cannot write {output}: {exc.strerror}; choose another --output path")
+            err.print(
+                f"envkit doctor: cannot write {output}: {exc.strerror}; choose another --output path",
+                soft_wrap=True,
+            )
             raise typer.Exit(2) from None
     if as_json:
         typer.echo(text)

@@ -6,6 +6,7 @@ version matrix (`envkit/data/matrix.yaml`).
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from envkit.doctor.model import FAIL, NOT_APPLICABLE, OK, WARN, Check, ProbeResult
@@ -143,6 +144,39 @@ def _driver_consistency(facts: dict[str, Any]) -> list[Check]:
     return []
 
 
+def _visibility_checks(facts: dict[str, Any]) -> list[Check]:
+    """Does each CUDA framework build see every GPU NVML sees?"""
+    nvml_count = facts.get("gpu", {}).get("gpu_count", 0)
+    checks = []
+    for name in ("pytorch", "tensorflow"):
+        fw = facts.get(name, {})
+        if not (nvml_count and fw.get("gpu_build")) or fw.get("gpus_seen", 0) >= nvml_count:
+            continue
+        mask = os.environ.get("CUDA_VISIBLE_DEVICES")
+        if mask is not None:
+            checks.append(
+                Check(
+                    "compat",
+                    f"{name} gpus",
+                    OK,
+                    f"{name} sees {fw.get('gpus_seen', 0)} of {nvml_count} GPU(s) "
+                    f"(CUDA_VISIBLE_DEVICES={mask})",
+                )
+            )
+            continue
+        checks.append(
+            Check(
+                "compat",
+                f"{name} gpus",
+                WARN,
+                f"{name} sees {fw.get('gpus_seen', 0)} of the {nvml_count} GPU(s) NVML reports",
+                "a GPU in MIG mode, in a bad state, or hidden by the container runtime "
+                "(NVIDIA_VISIBLE_DEVICES); compare `nvidia-smi -L`",
+            )
+        )
+    return checks
+
+
 def compat_checks(facts: dict[str, Any], matrix: Matrix | None = None) -> ProbeResult:
     """All compatibility verdicts from the other probes' facts."""
     matrix = matrix or load_matrix()
@@ -151,4 +185,14 @@ def compat_checks(facts: dict[str, Any], matrix: Matrix | None = None) -> ProbeR
     checks += _pytorch_checks(facts.get("pytorch", {}), driver, matrix)
     checks += _tensorflow_checks(facts.get("tensorflow", {}), driver, matrix)
     checks += _toolkit_checks(facts, driver, matrix)
+    checks += _visibility_checks(facts)
+    if not any(area in facts for area in ("driver", "gpu", "cuda", "pytorch", "tensorflow")):
+        checks.append(
+            Check(
+                "compat",
+                "inputs",
+                NOT_APPLICABLE,
+                "compat judges the facts of the driver, gpu, cuda, pytorch and tensorflow areas; none ran",
+            )
+        )
     return ProbeResult(checks, {"driver": driver})

@@ -97,6 +97,8 @@ class Report:
     def verdict(self) -> str:
         """One line a person reads first."""
         counts = self.counts()
+        if not self.checks:
+            return "nothing checked (see --only/--skip)"
         tally = ", ".join(f"{n} {s.replace('_', ' ')}" for s, n in counts.items() if n)
         gpus = self.facts.get("gpu_count")
         where = f"{gpus} GPU(s)" if gpus else "no GPU"

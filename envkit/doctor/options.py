@@ -82,5 +82,6 @@ def gpu_expected(opts: DoctorOptions) -> bool:
         or nvidia_pci_devices(opts)
         or nvidia_device_nodes(opts)
         or opts.path("/proc/driver/nvidia").exists()
+        or opts.path("/dev/dxg").exists()  # WSL2's GPU paravirtualisation device
         or os.environ.get("NVIDIA_VISIBLE_DEVICES") not in (None, "", "void", "none")
     )

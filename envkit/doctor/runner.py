@@ -85,9 +85,18 @@ def run_doctor(opts: DoctorOptions, probes: dict[str, Probe] | None = None) -> R
     wanted = [a for a in table if opts.wants(a)]
     results: dict[str, ProbeResult] = {}
     if wanted:
-        with ThreadPoolExecutor(max_workers=len(wanted), thread_name_prefix="doctor") as pool:
+        pool = ThreadPoolExecutor(max_workers=len(wanted), thread_name_prefix="doctor")
+        try:
             futures = {a: pool.submit(run_safely, a, lambda a=a: table[a](opts)) for a in wanted}
             results = {a: f.result() for a, f in futures.items()}
+        except KeyboardInterrupt:
+            # Framework children sit in their own sessions: Ctrl-C must be passed on by hand.
+            from envkit.doctor.probes.frameworks import kill_live_probes
+
+            kill_live_probes()
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
+        pool.shutdown()
     by_area = {a: r.facts for a, r in results.items()}
 
     if opts.wants("compat"):

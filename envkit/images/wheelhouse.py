@@ -47,8 +47,25 @@ def host_python() -> str:
     return f"{sys.version_info.major}.{sys.version_info.minor}"
 
 
-def download_command(rows: list[ImageRow], pyproject: Path, dest: Path, python: str) -> list[str]:
-    """The `pip download` for the rows of one Python version."""
+def index_reachable(url: str, timeout: float = 5.0) -> bool:
+    """True when the wheel index answers; pip would otherwise retry it for minutes."""
+    import os
+    import ssl
+    import urllib.request
+
+    cert = os.environ.get("PIP_CERT")
+    context = ssl.create_default_context(cafile=cert if cert and Path(cert).is_file() else None)
+    try:
+        with urllib.request.urlopen(url.rstrip("/") + "/", timeout=timeout, context=context) as resp:
+            return bool(resp.status < 500)
+    except (OSError, ValueError):
+        return False
+
+
+def download_command(
+    rows: list[ImageRow], pyproject: Path, dest: Path, python: str, indexes: list[str] | None = None
+) -> list[str]:
+    """The `pip download` for the rows of one Python version (`indexes`: extra wheel indexes)."""
     reqs = project_requirements(pyproject) + [framework_requirement(r) for r in rows]
     reqs += list(BUILD_REQUIREMENTS)
     cmd = [sys.executable, "-m", "pip", "download", "--quiet", "--dest", str(dest)]
@@ -57,9 +74,14 @@ def download_command(rows: list[ImageRow], pyproject: Path, dest: Path, python: 
         # pip can only pick them by tag, never build them.
         cmd += ["--python-version", python, "--only-binary=:all:", "--platform", "manylinux_2_28_x86_64"]
         cmd += ["--platform", "manylinux2014_x86_64", "--platform", "linux_x86_64"]
-    for index in sorted({r.wheel_index for r in rows if r.wheel_index.rstrip("/") != PYPI}):
+    for index in indexes if indexes is not None else row_indexes(rows):
         cmd += ["--extra-index-url", index]
     return cmd + sorted(set(reqs))
+
+
+def row_indexes(rows: list[ImageRow]) -> list[str]:
+    """The rows' wheel indexes other than PyPI (pip's own configuration covers PyPI)."""
+    return sorted({r.wheel_index for r in rows if r.wheel_index.rstrip("/") != PYPI})
 
 
 def stamp_path(dest: Path, command: list[str]) -> Path:
@@ -79,7 +101,15 @@ def ensure_wheelhouse(
     for row in rows:
         by_python.setdefault(row.python, []).append(row)
     for python, group in sorted(by_python.items()):
-        cmd = download_command(group, pyproject, dest, python)
+        indexes = []
+        for index in row_indexes(group):
+            if index_reachable(index):
+                indexes.append(index)
+            elif on_line:
+                # e.g. PyTorch's CPU index behind a firewall: pip's own find-links/index
+                # settings (here /opt/wheels) must then provide the framework wheel.
+                on_line(f"wheel index {index} does not answer; using pip's own configuration")
+        cmd = download_command(group, pyproject, dest, python, indexes)
         stamp = stamp_path(dest, cmd)
         if stamp.exists():
             continue

@@ -58,7 +58,9 @@ def _copy_prepared(src: Path, dst: Path) -> Path:
 
 def _run(args: list[str], **kw) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    return subprocess.run([*ENVKIT, *args], capture_output=True, text=True, cwd=ROOT, env=env, timeout=600, **kw)
+    return subprocess.run(
+        [*ENVKIT, *args], capture_output=True, text=True, cwd=ROOT, env=env, timeout=600, **kw
+    )
 
 
 def test_cli_cycle_writes_the_whole_run_directory(tmp_path):
@@ -107,7 +109,7 @@ def test_resume_reproduces_the_uninterrupted_run_bit_exactly(prepared, tmp_path)
 
     part = _copy_prepared(prepared, tmp_path / "part")
 
-    def preempt_at_5(step: int) -> None:
+    def preempt_at_5(step: int, engine) -> None:
         if step == 5:
             os.kill(os.getpid(), signal.SIGTERM)  # handled by the loop: checkpoint, then stop
 
@@ -124,7 +126,9 @@ def test_resume_reproduces_the_uninterrupted_run_bit_exactly(prepared, tmp_path)
     sb = torch.load(part / "checkpoints/last/optimizer.pt", weights_only=True)["optimizer"]["state"]
     for i in sa:
         assert torch.equal(sa[i]["exp_avg_sq"], sb[i]["exp_avg_sq"])
-    assert second.metrics["best_val_loss"] == first.metrics.get("best_val_loss", second.metrics["best_val_loss"])
+    assert second.metrics["best_val_loss"] == first.metrics.get(
+        "best_val_loss", second.metrics["best_val_loss"]
+    )
 
 
 def test_finetune_resume_mid_epoch_is_bit_exact(prepared, tmp_path):
@@ -134,7 +138,7 @@ def test_finetune_resume_mid_epoch_is_bit_exact(prepared, tmp_path):
     part = _copy_prepared(base, tmp_path / "part")
     loop.finetune(_cfg(full, "ft_epochs=2"))
 
-    def preempt(step: int) -> None:
+    def preempt(step: int, engine) -> None:
         if step == 20:  # epoch 2 of 2, mid-epoch
             os.kill(os.getpid(), signal.SIGTERM)
 
@@ -149,15 +153,24 @@ def test_finetune_resume_mid_epoch_is_bit_exact(prepared, tmp_path):
 
 def test_sigterm_saves_a_checkpoint_and_exits_0(prepared, tmp_path):
     run = _copy_prepared(prepared, tmp_path / "run")
-    args = ["pretrain", f"run_dir={run}", *MICRO, "max_steps=1000000", "checkpoint_every=0", "eval_every=1000000"]
-    proc = subprocess.Popen([*ENVKIT, *args], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    args = [
+        "pretrain",
+        f"run_dir={run}",
+        *MICRO,
+        "max_steps=1000000",
+        "checkpoint_every=0",
+        "eval_every=1000000",
+    ]
+    proc = subprocess.Popen(
+        [*ENVKIT, *args], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
     metrics = run / "metrics.jsonl"
     deadline = time.monotonic() + 120
     while not (metrics.is_file() and metrics.read_text().count('"stage": "pretrain"') >= 3):
         assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
         time.sleep(0.2)
     proc.send_signal(signal.SIGTERM)
-    out, err = proc.communicate(timeout=60)
+    _, err = proc.communicate(timeout=60)
     assert proc.returncode == 0, err
     assert "preempted" in err
     manifest = ckpt.read_manifest(run / "checkpoints" / "last")
@@ -217,7 +230,10 @@ def _bad_inputs(tmp: Path) -> dict[str, tuple[list[str], str]]:
         "missing file": (["corpus=" + str(tmp / "nope.txt")], "nope.txt does not exist"),
         "empty corpus": (["corpus=" + str(tmp / "empty.txt")], "empty.txt is empty"),
         "non-UTF-8": (["corpus=" + str(tmp / "latin1.txt")], "latin1.txt is not UTF-8"),
-        "missing column": (["labelled=" + str(tmp / "reviews.tsv"), "text_column=review"], "no text column 'review'"),
+        "missing column": (
+            ["labelled=" + str(tmp / "reviews.tsv"), "text_column=review"],
+            "no text column 'review'",
+        ),
         "label outside classes": (
             ["labelled=" + str(tmp / "odd_label.tsv"), "classes=0,1"],
             "label '7' in ",

@@ -102,3 +102,17 @@ def test_kernel_module_and_library_versions_differ() -> None:
     check = verdicts(facts)["driver versions"]
     assert check.status == "fail"
     assert "reboot" in check.hint
+
+
+def test_framework_that_sees_fewer_gpus_than_nvml_warns(monkeypatch) -> None:
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    facts = torch_facts("13.0", "580.82.07")
+    facts["gpu"]["gpu_count"] = 8
+    facts["pytorch"].update(gpu_build=True, gpus_seen=7)
+    check = verdicts(facts)["pytorch gpus"]
+    assert check.status == "warn"
+    assert "sees 7 of the 8 GPU(s)" in check.evidence
+
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1")
+    facts["pytorch"]["gpus_seen"] = 2
+    assert verdicts(facts)["pytorch gpus"].status == "ok"

@@ -148,14 +148,14 @@ def test_broken_install_fails(tmp_path: Path) -> None:
     assert "undefined symbol" in check.evidence
 
 
-def torch_cuda_payload(capability: str, arch_support: str, matmul_ok: bool = True) -> dict:
+def torch_cuda_payload(capability: str, arch_list: list[str] | None = None, matmul_ok: bool = True) -> dict:
     """What torch_probe.py prints for a CUDA 13.0 build that sees one GPU."""
     return {
         "framework": "pytorch",
         "version": "2.13.0+cu130",
         "cuda": "13.0",
         "hip": None,
-        "arch_list": ["sm_75", "sm_80", "sm_86", "sm_90", "sm_100", "compute_100"],
+        "arch_list": arch_list or ["sm_75", "sm_80", "sm_86", "sm_90", "sm_100", "sm_120"],
         "cpu_capability": "AVX512",
         "threads": 32,
         "cudnn": "9.12.0",
@@ -168,7 +168,6 @@ def torch_cuda_payload(capability: str, arch_support: str, matmul_ok: bool = Tru
                 "name": "NVIDIA H100 80GB HBM3",
                 "capability": capability,
                 "memory_bytes": 85520809984,
-                "arch_support": arch_support,
             },
         ],
         "matmul": [
@@ -186,7 +185,7 @@ def run_torch(tmp_path: Path, payload: dict, **opts) -> dict[str, Check]:
 
 
 def test_cuda_build_on_a_supported_gpu(tmp_path: Path) -> None:
-    checks = run_torch(tmp_path, torch_cuda_payload("9.0", "native"))
+    checks = run_torch(tmp_path, torch_cuda_payload("9.0"))
     assert checks["build"].status == "ok"
     assert "CUDA 13.0 build" in checks["build"].evidence and "NCCL 2.27.7" in checks["build"].evidence
     assert checks["gpu devices"].status == "ok"
@@ -195,26 +194,26 @@ def test_cuda_build_on_a_supported_gpu(tmp_path: Path) -> None:
 
 
 def test_gpu_missing_from_the_arch_list_fails(tmp_path: Path) -> None:
-    checks = run_torch(tmp_path, torch_cuda_payload("12.0", "none"))
+    checks = run_torch(tmp_path, torch_cuda_payload("12.0", ["sm_75", "sm_80", "sm_90"]))
     assert checks["gpu devices"].status == "fail"
     assert "sm_120 is not in this build's arch list" in checks["gpu devices"].evidence
 
 
 def test_gpu_reached_only_through_ptx_warns(tmp_path: Path) -> None:
-    checks = run_torch(tmp_path, torch_cuda_payload("10.3", "ptx"))
+    checks = run_torch(tmp_path, torch_cuda_payload("12.0", ["sm_80", "sm_90", "sm_100", "compute_100"]))
     assert checks["gpu devices"].status == "warn"
     assert "PTX JIT" in checks["gpu devices"].evidence
 
 
 def test_wrong_gpu_matmul_fails(tmp_path: Path) -> None:
-    checks = run_torch(tmp_path, torch_cuda_payload("9.0", "native", matmul_ok=False))
+    checks = run_torch(tmp_path, torch_cuda_payload("9.0", matmul_ok=False))
     assert checks["matmul"].status == "fail"
     assert "cuda:0" in checks["matmul"].evidence
     assert "Xid" in checks["matmul"].hint
 
 
 def test_cuda_build_that_sees_no_gpu_on_a_gpu_host_fails(tmp_path: Path) -> None:
-    payload = torch_cuda_payload("9.0", "native")
+    payload = torch_cuda_payload("9.0")
     payload["devices"] = payload["devices"][:1]
     payload["matmul"] = payload["matmul"][:1]
     payload["cuda_available"] = False
@@ -286,6 +285,8 @@ def test_tensorflow_library_loading_errors_are_reported(tmp_path: Path) -> None:
 def test_arch_support_follows_cuda_binary_compatibility() -> None:
     assert arch_support("9.0", ["sm_80", "sm_90"]) == "native"
     assert arch_support("9.0", ["sm_80", "sm_90a"]) == "native"
+    assert arch_support("8.6", ["sm_75", "sm_80"]) == "native"  # same major, older minor
+    assert arch_support("8.0", ["sm_86"]) == "none"
     assert arch_support("10.0", ["sm_80", "sm_90", "compute_90"]) == "ptx"  # PTX JITs forward
     assert arch_support("8.0", ["sm_90", "compute_90"]) == "none"  # but never backward
     assert arch_support("12.0", ["sm_80", "sm_90"]) == "none"
@@ -313,3 +314,21 @@ def test_tensorflow_build_without_the_gpu_architecture_fails(tmp_path: Path) -> 
     assert checks["gpu devices"].status == "fail"
     assert "sm_100 is not among the build's compute capabilities" in checks["gpu devices"].evidence
     assert checks["gpu libraries"].status == "ok"
+
+
+def test_cuda_init_failure_is_quoted_when_no_gpu_is_seen(tmp_path: Path) -> None:
+    payload = torch_cuda_payload("9.0")
+    payload["devices"] = payload["devices"][:1]
+    payload["matmul"] = payload["matmul"][:1]
+    stderr = (
+        "/usr/lib/python3/site-packages/torch/cuda/__init__.py:182: UserWarning: CUDA initialization: "
+        "The NVIDIA driver on your system is too old (found version 12020). (Triggered internally at "
+        "/pytorch/c10/cuda/CUDAFunctions.cpp:119.)\n"
+    )
+    root = make_host_tree(tmp_path / "root", gpus=1, driver="535.183.01")
+    probe = payload_script(tmp_path, payload, stderr)
+    checks = by_name(
+        probe_framework(TORCH, DoctorOptions(framework_scripts={"pytorch": probe}, fs_root=root)).checks
+    )
+    assert checks["gpu devices"].status == "fail"
+    assert "driver on your system is too old" in checks["gpu devices"].evidence

@@ -225,3 +225,11 @@ def test_cpu_only_machine_has_no_driver_to_blame(tmp_path) -> None:
     checks = by_name(probe_driver(DoctorOptions(fs_root=root)).checks)
     assert checks["kernel module"].status == "not_present"
     assert checks["device nodes"].status == "not_applicable"
+
+
+def test_wsl2_gpu_has_no_linux_module_to_blame(tmp_path) -> None:
+    root = make_host_tree(tmp_path, gpus=0)
+    (root / "dev" / "dxg").write_text("")
+    checks = by_name(probe_driver(DoctorOptions(fs_root=root)).checks)
+    assert checks["kernel module"].status == "not_applicable"
+    assert "Windows" in checks["kernel module"].hint

@@ -24,9 +24,9 @@ def test_precedence_preset_then_file_then_overrides(tmp_path):
 
 
 def test_unknown_key_is_an_error_that_names_it():
-    with pytest.raises(ConfigError, match="unknown config key 'n_layerz'.*did you mean 'n_layer'"):
+    with pytest.raises(ConfigError, match=r"unknown config key 'n_layerz'.*did you mean 'n_layer'"):
         resolve_config("tiny", None, ["n_layerz=3"])
-    with pytest.raises(ConfigError, match="'model.seed'"):
+    with pytest.raises(ConfigError, match=r"'model\.seed'"):
         resolve_config(None, None, ["model.seed=1"])
 
 
@@ -55,7 +55,9 @@ def test_bad_values_are_rejected_with_the_key(override, message):
 
 def test_strings_stay_strings():
     # YAML would read a bare `off` as false and `1e-3` is a float: each field's type decides
-    cfg = resolve_config("tiny", None, ["progress=off", "corpus=a.txt,b.txt", "classes=neg,pos", "max_steps=1e3"])
+    cfg = resolve_config(
+        "tiny", None, ["progress=off", "corpus=a.txt,b.txt", "classes=neg,pos", "max_steps=1e3"]
+    )
     assert cfg.progress == "off"
     assert cfg.corpus == "a.txt,b.txt"
     assert cfg.classes == ["neg", "pos"]
@@ -69,7 +71,7 @@ def test_presets_resolve_and_round_trip(tmp_path):
         again = load_run_config(tmp_path / f"{name}.json")
         assert again.to_dict() == cfg.to_dict()
     assert resolve_config("gpt2-124m").model.n_layer == 12
-    with pytest.raises(ConfigError, match="unknown preset 'huge'"):
+    with pytest.raises(ConfigError, match=r"unknown preset 'huge'"):
         resolve_config("huge")
 
 

@@ -66,8 +66,14 @@ def test_readers_tsv_csv_jsonl_and_imdb(tmp_path):
     (tmp_path / "a.tsv").write_text("sentence\tlabel\ngood film\t1\nbad film\t0\n")
     (tmp_path / "a.csv").write_text('review,sentiment\n"great, really",pos\n"dull",neg\n')
     (tmp_path / "a.jsonl").write_text('{"text": "fine", "label": "pos"}\n\n{"text": "meh", "label": "neg"}\n')
-    assert read_labelled(str(tmp_path / "a.tsv"), "", "", "", 0, 0).train == (["good film", "bad film"], ["1", "0"])
-    assert read_labelled(str(tmp_path / "a.csv"), "", "", "", 0, 0).train == (["great, really", "dull"], ["pos", "neg"])
+    assert read_labelled(str(tmp_path / "a.tsv"), "", "", "", 0, 0).train == (
+        ["good film", "bad film"],
+        ["1", "0"],
+    )
+    assert read_labelled(str(tmp_path / "a.csv"), "", "", "", 0, 0).train == (
+        ["great, really", "dull"],
+        ["pos", "neg"],
+    )
     assert read_labelled(str(tmp_path / "a.jsonl"), "", "", "", 0, 0).train[1] == ["pos", "neg"]
     imdb = tmp_path / "aclImdb"
     for split in ("train", "test"):
@@ -84,14 +90,16 @@ def test_reader_errors_name_the_input(tmp_path):
     with pytest.raises(DataError, match=r"latin1.txt is not UTF-8 .*0xe9 at offset 3"):
         read_corpus(str(tmp_path / "latin1.txt"), 0, 0)
     (tmp_path / "empty.txt").write_text("\n \n")
-    with pytest.raises(DataError, match="empty.txt is empty"):
+    with pytest.raises(DataError, match=r"empty\.txt is empty"):
         read_corpus(str(tmp_path / "empty.txt"), 0, 0)
-    with pytest.raises(DataError, match="missing.txt does not exist"):
+    with pytest.raises(DataError, match=r"missing\.txt does not exist"):
         read_corpus(str(tmp_path / "missing.txt"), 0, 0)
     (tmp_path / "a.tsv").write_text("sentence\tlabel\nx\t1\n")
     with pytest.raises(DataError, match=r"no text column 'body' \(columns: sentence, label\)"):
         read_labelled(str(tmp_path / "a.tsv"), "", "body", "", 0, 0)
-    with pytest.raises(DataError, match="hf:imdb: the `datasets` library is not installed.*local files instead"):
+    with pytest.raises(
+        DataError, match=r"hf:imdb: the `datasets` library is not installed.*local files instead"
+    ):
         read_labelled("hf:imdb", "", "", "", 0, 0)
 
 
@@ -145,7 +153,9 @@ def test_flops_formula():
 def test_checkpoint_is_atomic_and_verified(tmp_path):
     root = tmp_path / "checkpoints"
     w = {"wte.weight": np.ones((4, 2), np.float32)}
-    path = ckpt.write_checkpoint(root, "last", w, {"step": 1}, lambda d: (d / "optimizer.pt").write_bytes(b"x"))
+    path = ckpt.write_checkpoint(
+        root, "last", w, {"step": 1}, lambda d: (d / "optimizer.pt").write_bytes(b"x")
+    )
     manifest = ckpt.read_manifest(path)
     assert manifest["step"] == 1 and set(manifest["files"]) == {"model.safetensors", "optimizer.pt"}
     ckpt.write_checkpoint(root, "last", {"wte.weight": np.zeros((4, 2), np.float32)}, {"step": 2})
@@ -168,7 +178,13 @@ def test_prepare_writes_the_documented_format(tmp_path):
     cfg = resolve_config(
         None,
         None,
-        [f"run_dir={tmp_path}/run", "synthetic_docs=200", "synthetic_reviews=300", "vocab_size=300", "max_len=24"],
+        [
+            f"run_dir={tmp_path}/run",
+            "synthetic_docs=200",
+            "synthetic_reviews=300",
+            "vocab_size=300",
+            "max_len=24",
+        ],
     )
     result = prepare(cfg)
     data = PreparedData.open(result.prepared_dir)
@@ -187,3 +203,12 @@ def test_prepare_writes_the_documented_format(tmp_path):
     row = int(np.argmax(pads.any(axis=1)))  # the first review that fits whole
     assert tok.decode([i for i in ids[row] if i != data.pad_id]) == texts[row]
     assert json.loads((tmp_path / "run" / "config.json").read_text())["model"]["n_classes"] == 2
+
+
+def test_trim_padding_drops_only_all_pad_columns():
+    from training.core.data import trim_padding
+
+    ids = np.array([[5, 6, 1, 1, 1], [7, 1, 1, 1, 1]])
+    assert trim_padding(ids, pad_id=1).tolist() == [[5, 6], [7, 1]]
+    assert trim_padding(np.ones((2, 4), np.int64), pad_id=1).shape == (2, 1)
+    assert trim_padding(ids, pad_id=None) is ids

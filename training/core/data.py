@@ -200,18 +200,40 @@ class ClsEpochSampler:
         per_rank = self.n // self.world_size
         return perm[self.rank :: self.world_size][:per_rank]
 
-    def batch(self, ids: np.ndarray, labels: np.ndarray, epoch: int, index: int) -> ClsBatch:
+    def batch(
+        self, ids: np.ndarray, labels: np.ndarray, epoch: int, index: int, pad_id: int | None = None
+    ) -> ClsBatch:
         idx = np.sort(self.indices(epoch)[index * self.batch_size : (index + 1) * self.batch_size])
-        return ClsBatch(np.asarray(ids[idx], dtype=np.int64), np.asarray(labels[idx], dtype=np.int64))
+        rows = trim_padding(np.asarray(ids[idx], dtype=np.int64), pad_id)
+        return ClsBatch(rows, np.asarray(labels[idx], dtype=np.int64))
+
+
+def trim_padding(ids: np.ndarray, pad_id: int | None) -> np.ndarray:
+    """Drop the columns that are padding in every row.
+
+    Exact, not an approximation: attention is causal and pooling masks pads, so
+    trailing all-pad columns never change a logit; short sentences just cost less.
+    """
+    if pad_id is None or ids.size == 0:
+        return ids
+    real = (ids != pad_id).any(axis=0)
+    keep = int(np.nonzero(real)[0][-1]) + 1 if real.any() else 1
+    return ids[:, :keep]
 
 
 def cls_eval_batches(
-    ids: np.ndarray, labels: np.ndarray, batch_size: int, rank: int = 0, world_size: int = 1
+    ids: np.ndarray,
+    labels: np.ndarray,
+    batch_size: int,
+    rank: int = 0,
+    world_size: int = 1,
+    pad_id: int | None = None,
 ) -> list[ClsBatch]:
     """The whole split in order; batch i goes to rank i % world_size."""
     out = []
     for b, start in enumerate(range(0, len(labels), batch_size)):
         if b % world_size == rank:
             sl = slice(start, start + batch_size)
-            out.append(ClsBatch(np.asarray(ids[sl], dtype=np.int64), np.asarray(labels[sl], dtype=np.int64)))
+            rows = trim_padding(np.asarray(ids[sl], dtype=np.int64), pad_id)
+            out.append(ClsBatch(rows, np.asarray(labels[sl], dtype=np.int64)))
     return out

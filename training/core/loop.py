@@ -30,6 +30,8 @@ from training.engines import get_engine
 from training.engines.base import DistInfo, Engine, LMBatch, OptimSpec
 
 PRETRAIN_LAST, PRETRAIN_BEST = "last", "best"
+# called after every optimizer step with (steps done, engine): custom logging, tests
+StepHook = Callable[[int, Engine], None]
 FINETUNE_LAST, FINETUNE_BEST = "finetune-last", "finetune-best"
 
 
@@ -213,9 +215,7 @@ def _lm_eval(stage: _Stage, batches: list[LMBatch]) -> float | None:
     return float(totals[0] / totals[1]) if totals[1] else None
 
 
-def pretrain(
-    cfg: TrainConfig, dist: DistInfo | None = None, on_step: Callable[[int], None] | None = None
-) -> StageResult:
+def pretrain(cfg: TrainConfig, dist: DistInfo | None = None, on_step: StepHook | None = None) -> StageResult:
     """Causal-LM pretraining with eval, best/last checkpoints, early stopping and resume."""
     st = _Stage(cfg, "pretrain", dist)
     try:
@@ -224,7 +224,7 @@ def pretrain(
         st.close()
 
 
-def _pretrain(st: _Stage, on_step: Callable[[int], None] | None) -> StageResult:
+def _pretrain(st: _Stage, on_step: StepHook | None) -> StageResult:
     cfg, eng, dist = st.cfg, st.engine, st.dist
     path, manifest = st.find_resume(PRETRAIN_LAST)
     weights = ckpt.load_weights(path) if path else None
@@ -259,6 +259,7 @@ def _pretrain(st: _Stage, on_step: Callable[[int], None] | None) -> StageResult:
     status, last_path = "completed", str(path) if path else None
     last_record: dict[str, Any] = {}
     window_t, window_tokens, window_steps = 0.0, 0, 0
+    final_step = start
 
     def cursor_manifest(step: int, extra: dict[str, Any]) -> dict[str, Any]:
         return {
@@ -279,7 +280,7 @@ def _pretrain(st: _Stage, on_step: Callable[[int], None] | None) -> StageResult:
                 t0 = time.perf_counter()
                 res = eng.train_step(micro, cfg.grad_clip)
                 dt = time.perf_counter() - t0
-                done = step + 1
+                done = final_step = step + 1
                 loss = st.reduce_mean(res.loss)
                 if res.skipped or not math.isfinite(loss) or not math.isfinite(res.grad_norm):
                     raise TrainingDiverged(
@@ -289,7 +290,7 @@ def _pretrain(st: _Stage, on_step: Callable[[int], None] | None) -> StageResult:
                         + (" or dtype=float32" if eng.device_info().dtype != "float32" else "")
                     )
                 if on_step is not None:
-                    on_step(done)
+                    on_step(done, eng)
                 window_t += dt
                 window_tokens += tokens_per_step
                 window_steps += 1
@@ -347,12 +348,11 @@ def _pretrain(st: _Stage, on_step: Callable[[int], None] | None) -> StageResult:
         device=eng.device_info().__dict__,
         world_size=dist.world_size,
     )
-    final_step = max(start, min(cfg.max_steps, last_record.get("step", start)))
     return StageResult("pretrain", status, final_step, metrics, last_path)
 
 
 def _cls_eval(st: _Stage, ids: np.ndarray, labels: np.ndarray, batch_size: int) -> dict[str, Any]:
-    batches = cls_eval_batches(ids, labels, batch_size, st.dist.rank, st.dist.world_size)
+    batches = cls_eval_batches(ids, labels, batch_size, st.dist.rank, st.dist.world_size, st.data.pad_id)
     preds, golds, loss_sum = [], [], 0.0
     for b in batches:
         out = st.engine.eval_step(b)
@@ -375,9 +375,7 @@ def _cls_eval(st: _Stage, ids: np.ndarray, labels: np.ndarray, batch_size: int) 
     return out
 
 
-def finetune(
-    cfg: TrainConfig, dist: DistInfo | None = None, on_step: Callable[[int], None] | None = None
-) -> StageResult:
+def finetune(cfg: TrainConfig, dist: DistInfo | None = None, on_step: StepHook | None = None) -> StageResult:
     """Classifier fine-tuning from the pretrained backbone (or init=scratch); keeps the best epoch."""
     st = _Stage(cfg, "finetune", dist)
     try:
@@ -391,7 +389,7 @@ def pretrained_checkpoint(cfg: TrainConfig) -> Path | None:
     return ckpt.find_checkpoint(root, PRETRAIN_BEST) or ckpt.find_checkpoint(root, PRETRAIN_LAST)
 
 
-def _finetune(st: _Stage, on_step: Callable[[int], None] | None) -> StageResult:
+def _finetune(st: _Stage, on_step: StepHook | None) -> StageResult:
     cfg, eng, dist = st.cfg, st.engine, st.dist
     path, manifest = st.find_resume(FINETUNE_LAST)
     source = None
@@ -466,7 +464,7 @@ def _finetune(st: _Stage, on_step: Callable[[int], None] | None) -> StageResult:
                     step = epoch * bpe + index
                     lr = lr_at(step, cfg.ft_lr, warmup, total, cfg.min_lr_ratio)
                     eng.set_lr(lr)
-                    batch = sampler.batch(train_ids, train_labels, epoch, index)
+                    batch = sampler.batch(train_ids, train_labels, epoch, index, st.data.pad_id)
                     t0 = time.perf_counter()
                     res = eng.train_step([batch], cfg.grad_clip)
                     window_t += time.perf_counter() - t0
@@ -494,7 +492,7 @@ def _finetune(st: _Stage, on_step: Callable[[int], None] | None) -> StageResult:
                         prog.log(format_record(rec))
                     prog.advance(step + 1, f"loss {loss:.3f}")
                     if on_step is not None:
-                        on_step(step + 1)
+                        on_step(step + 1, eng)
                     if st.any_rank(term.raised) and index + 1 < bpe:
                         status = "preempted"
                         last_path = str(st.save(FINETUNE_LAST, state(epoch, index + 1, status)))

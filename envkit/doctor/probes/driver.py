@@ -30,6 +30,17 @@ def probe_driver(opts: DoctorOptions) -> ProbeResult:
     facts = {"kernel_driver_version": version, "nvidia_pci_devices": pci, "device_nodes": nodes}
     pci_note = f"; NVIDIA PCI device(s): {', '.join(pci)}" if pci else ""
 
+    if version is None and opts.path("/dev/dxg").exists():
+        # WSL2: the Windows driver serves the GPU through /dev/dxg; no Linux module exists.
+        wsl = Check(
+            "driver",
+            "kernel module",
+            NOT_APPLICABLE,
+            "WSL2: the GPU is driven by the Windows NVIDIA driver through /dev/dxg (no Linux module)",
+            "update the driver on Windows; never install a Linux NVIDIA driver inside WSL",
+        )
+        nodes_check = Check("driver", "device nodes", OK, "/dev/dxg present", details={"nodes": ["dxg"]})
+        return ProbeResult([wsl, nodes_check], facts)
     if version is None:
         if pci or expected:
             module = Check(

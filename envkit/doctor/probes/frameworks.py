@@ -15,6 +15,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from importlib import metadata
@@ -61,6 +62,21 @@ FRAMEWORKS = (
 )
 
 
+# Probe children in flight: they run in their own sessions, so a Ctrl-C at the
+# terminal does not reach them; the runner kills them on KeyboardInterrupt.
+_LIVE: set[subprocess.Popen] = set()
+_LIVE_LOCK = threading.Lock()
+
+
+def kill_live_probes() -> None:
+    """Kill every probe child (and its process group) still running."""
+    with _LIVE_LOCK:
+        live = list(_LIVE)
+    for proc in live:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, signal.SIGKILL)
+
+
 @dataclass
 class ScriptOutcome:
     """How a probe child process ended."""
@@ -93,6 +109,8 @@ def run_probe_script(
         )
     except OSError as exc:
         return ScriptOutcome("crashed", None, f"cannot start {python}: {exc}", None, 0.0)
+    with _LIVE_LOCK:
+        _LIVE.add(proc)
     try:
         stdout, stderr = proc.communicate(timeout=timeout_s)
     except subprocess.TimeoutExpired:
@@ -100,6 +118,9 @@ def run_probe_script(
             os.killpg(proc.pid, signal.SIGKILL)
         stdout, stderr = proc.communicate()
         return ScriptOutcome("timeout", None, stderr, None, time.perf_counter() - start)
+    finally:
+        with _LIVE_LOCK:
+            _LIVE.discard(proc)
     elapsed = time.perf_counter() - start
     payload = None
     for line in reversed(stdout.splitlines()):
@@ -120,8 +141,13 @@ def arch_support(capability: str, arch_list: list[str]) -> str:
     """
     major, minor = (int(x) for x in capability.split(".")[:2])
     want = major * 10 + minor
-    if f"sm_{want}" in arch_list or f"sm_{want}a" in arch_list:
+    if f"sm_{want}a" in arch_list:
         return "native"
+    for arch in arch_list:
+        # A cubin for X.y runs on X.z with z >= y ("a"-suffixed ones only on their own X.y).
+        code = arch.removeprefix("sm_")
+        if arch.startswith("sm_") and code.isdigit() and int(code) // 10 == major and int(code) % 10 <= minor:
+            return "native"
     for arch in arch_list:
         if arch.startswith("compute_"):
             digits = "".join(ch for ch in arch.removeprefix("compute_") if ch.isdigit())
@@ -258,17 +284,31 @@ def _matmul_check(area: str, matmuls: list[dict[str, Any]]) -> Check:
     )
 
 
-def _gpu_device_check(area: str, gpu_build: bool, gpus: list[dict[str, Any]], opts: DoctorOptions) -> Check:
+def cuda_init_warning(stderr: str) -> str | None:
+    """The framework's own words when CUDA failed to initialise (e.g. torch's UserWarning)."""
+    for line in stderr.splitlines():
+        low = line.lower()
+        if ("cuda initialization" in low or "cuinit" in low or "driver version is insufficient" in low) and (
+            "warn" in low or "error" in low or "fail" in low
+        ):
+            return line.strip()[:300]
+    return None
+
+
+def _gpu_device_check(
+    area: str, gpu_build: bool, gpus: list[dict[str, Any]], opts: DoctorOptions, stderr: str = ""
+) -> Check:
     expected = gpu_expected(opts)
     if not gpu_build:
         return Check(area, "gpu devices", NOT_APPLICABLE, "CPU build: no GPU devices to use")
     if not gpus:
         if expected:
+            why = cuda_init_warning(stderr)
             return Check(
                 area,
                 "gpu devices",
                 FAIL,
-                "CUDA build, but it sees no GPU",
+                "CUDA build, but it sees no GPU" + (f": {why}" if why else ""),
                 "check the driver (area driver/gpu above), CUDA_VISIBLE_DEVICES, and --gpus for containers",
             )
         return Check(area, "gpu devices", NOT_APPLICABLE, "CUDA build on a machine without a GPU")
@@ -300,7 +340,10 @@ def _judge_pytorch(payload: dict[str, Any], outcome: ScriptOutcome, opts: Doctor
     checks[0].details = {k: payload.get(k) for k in ("version", "cuda", "hip", "cudnn", "nccl", "arch_list")}
 
     gpus = [d for d in payload.get("devices", []) if d["device"].startswith("cuda")]
-    dev_check = _gpu_device_check("pytorch", gpu_build, gpus, opts)
+    for g in gpus:
+        if g.get("capability") and cuda:  # ROCm builds name gfx targets, not sm_XY
+            g["arch_support"] = arch_support(g["capability"], payload.get("arch_list") or [])
+    dev_check = _gpu_device_check("pytorch", gpu_build, gpus, opts, outcome.stderr)
     unsupported = [g for g in gpus if g.get("arch_support") == "none"]
     jit = [g for g in gpus if g.get("arch_support") == "ptx"]
     arch = " ".join(payload.get("arch_list") or [])
@@ -371,7 +414,7 @@ def _judge_tensorflow(payload: dict[str, Any], outcome: ScriptOutcome, opts: Doc
     checks[0].details = {"build_info": payload.get("build_info"), "keras": keras}
 
     gpus = [d for d in payload.get("devices", []) if d.get("type") == "GPU"]
-    dev_check = _gpu_device_check("tensorflow", gpu_build, gpus, opts)
+    dev_check = _gpu_device_check("tensorflow", gpu_build, gpus, opts, outcome.stderr)
     built_for = payload.get("cuda_compute_capabilities") or []
     unsupported = [
         g for g in gpus if g.get("capability") and arch_support(g["capability"], built_for) == "none"

@@ -16,19 +16,6 @@ def emit(out):
     sys.stdout.flush()
 
 
-def arch_support(cap, arch_list):
-    """'native' (SASS for this GPU), 'ptx' (JIT from older PTX) or 'none'."""
-    major, minor = cap
-    if f"sm_{major}{minor}" in arch_list or f"sm_{major}{minor}a" in arch_list:
-        return "native"
-    ptx = [a for a in arch_list if a.startswith("compute_")]
-    for a in ptx:
-        digits = "".join(ch for ch in a.split("_", 1)[1] if ch.isdigit())
-        if digits and int(digits) <= major * 10 + minor:
-            return "ptx"
-    return "none"
-
-
 def cudnn_version(code):
     """cuDNN's integer version: 91002 -> '9.10.2' (9.x: M*10000), 8902 -> '8.9.2' (8.x: M*1000)."""
     if not code:
@@ -91,7 +78,6 @@ def main():
                     "name": props.name,
                     "capability": f"{cap[0]}.{cap[1]}",
                     "memory_bytes": int(props.total_memory),
-                    "arch_support": arch_support(cap, out["arch_list"]),
                 }
             )
             matmuls.append(matmul_check(torch, f"cuda:{i}", a, b, ref))

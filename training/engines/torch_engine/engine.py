@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import math
 import random
@@ -76,6 +77,8 @@ class TorchEngine(Engine):
             if not tdist.is_initialized():
                 tdist.init_process_group(backend="nccl" if self.device.type == "cuda" else "gloo")
                 self._pg = True
+                # one group per process, kept across stages of a cycle; closed at exit
+                atexit.register(self.close)
         self.model: torch.nn.Module | None = None  # the module that runs (DDP / compiled / sharded)
         self.raw: GPT | None = None  # the plain GPT whose names are the checkpoint names
         self.opt: torch.optim.Optimizer | None = None
