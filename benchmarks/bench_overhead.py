@@ -27,11 +27,19 @@ import numpy as np
 import torch
 
 from envkit.bench.context import host_context, numpy_context, torch_context
-from envkit.bench.matmul import MatmulOptions, run_matmul
+from envkit.bench.matmul import CPU_POLICY, MatmulOptions, run_matmul
 from envkit.bench.report import atomic_write_bytes
 from envkit.bench.shapes import Shape
 
 TARGET = 0.95
+
+
+def _warm_up(call) -> None:
+    """As long as envkit warms up a run's first shape (at least one call)."""
+    deadline = time.perf_counter() + CPU_POLICY.first_warmup_s
+    call()
+    while time.perf_counter() < deadline:
+        call()
 
 
 def _median_and_best(n: int, times: list[float]) -> tuple[float, float]:
@@ -45,7 +53,7 @@ def bare_numpy(n: int, calls: int) -> tuple[float, float]:
     a = rng.standard_normal((n, n), dtype=np.float32)
     b = rng.standard_normal((n, n), dtype=np.float32)
     c = np.empty((n, n), dtype=np.float32)
-    np.matmul(a, b, out=c)
+    _warm_up(lambda: np.matmul(a, b, out=c))
     times = []
     for _ in range(calls):
         start = time.perf_counter()
@@ -56,7 +64,7 @@ def bare_numpy(n: int, calls: int) -> tuple[float, float]:
 
 def bare_torch(n: int, calls: int) -> tuple[float, float]:
     a, b, c = torch.randn(n, n), torch.randn(n, n), torch.empty(n, n)
-    torch.mm(a, b, out=c)
+    _warm_up(lambda: torch.mm(a, b, out=c))
     times = []
     for _ in range(calls):
         start = time.perf_counter()
@@ -166,15 +174,15 @@ def gpu_main(args: argparse.Namespace) -> None:
     print(f"wrote {args.out}")
 
 
-def envkit_tflops(backend: str, n: int) -> tuple[float, float]:
-    """The (median, best-call) TFLOP/s envkit reports, through its default CPU timing policy."""
+def envkit_tflops(backend: str, n: int) -> tuple[float, float, int]:
+    """(median, best-call) TFLOP/s envkit reports through its default CPU policy, and its call count."""
     doc = run_matmul(
         MatmulOptions(backends=[backend], dtypes=["fp32"], device="cpu", shapes=[Shape(n, n, n)])
     )
     run = doc["results"][0]
     if run["status"] != "ok":
         raise SystemExit(f"envkit {backend} run failed: {run['shapes'][0].get('message')}")
-    return run["best"]["tflops"], run["best"]["tflops_max"]
+    return run["best"]["tflops"], run["best"]["tflops_max"], run["shapes"][0]["iterations"]
 
 
 def main() -> None:
@@ -184,7 +192,6 @@ def main() -> None:
     parser.add_argument("--sizes", default="1024,2048")
     parser.add_argument("--reps", type=int, default=7)
     parser.add_argument("--device", choices=("cpu", "gpu"), default="cpu")
-    parser.add_argument("--calls", type=int, default=10, help="timed calls per bare measurement")
     parser.add_argument("--out", type=Path, default=Path("results/bench_overhead.json"))
     args = parser.parse_args()
     if args.device == "gpu":
@@ -197,14 +204,16 @@ def main() -> None:
     for n in sizes:
         for backend in ("numpy", "torch"):
             pairs = []
+            calls = CPU_POLICY.min_iters  # then as many as envkit's last run timed (equal chances)
             for rep in range(args.reps):
                 # alternate which side goes first, so drift in machine load cancels out
                 if rep % 2 == 0:
                     e = envkit_tflops(backend, n)
-                    b = bare[backend](n, args.calls)
+                    b = bare[backend](n, e[2])
                 else:
-                    b = bare[backend](n, args.calls)
+                    b = bare[backend](n, calls)
                     e = envkit_tflops(backend, n)
+                calls = e[2]
                 pairs.append((e, b))
                 print(
                     f"n={n} {backend:<6} rep {rep}: median envkit {e[0] * 1e3:7.2f} bare {b[0] * 1e3:7.2f} "

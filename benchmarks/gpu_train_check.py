@@ -25,7 +25,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 
-def measure_mfu(preset: str, batch_size: int, steps: int, warmup: int, compile_model: bool) -> dict[str, Any]:
+def measure_mfu(
+    preset: str, batch_size: int, steps: int, warmup: int, compile_model: bool, device: str = "cuda"
+) -> dict[str, Any]:
     import numpy as np
     import torch
 
@@ -34,7 +36,8 @@ def measure_mfu(preset: str, batch_size: int, steps: int, warmup: int, compile_m
     from training.engines.base import DistInfo, LMBatch, OptimSpec
     from training.engines.torch_engine import TorchEngine
 
-    cfg = resolve_config(preset, None, ["device=cuda", "dtype=bf16", f"compile={compile_model}"])
+    cfg = resolve_config(preset, None, [f"device={device}", "dtype=bf16", f"compile={compile_model}"])
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
     engine = TorchEngine(cfg, DistInfo())
     engine.build("lm", cfg.model, 0, None, OptimSpec(cfg.weight_decay, cfg.beta1, cfg.beta2))
     engine.set_lr(cfg.lr)
@@ -48,13 +51,14 @@ def measure_mfu(preset: str, batch_size: int, steps: int, warmup: int, compile_m
     losses = []
     for i in range(warmup):
         losses.append(engine.train_step([batches[i % 4]], cfg.grad_clip).loss)
-    torch.cuda.synchronize()
+    sync()
     compile_s = time.perf_counter() - t_compile
-    torch.cuda.reset_peak_memory_stats()
+    if device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
     t0 = time.perf_counter()
     for i in range(steps):
         losses.append(engine.train_step([batches[i % 4]], cfg.grad_clip).loss)
-    torch.cuda.synchronize()
+    sync()
     seconds = time.perf_counter() - t0
     tokens = steps * batch_size * T
     info = engine.device_info()
@@ -81,7 +85,7 @@ def measure_mfu(preset: str, batch_size: int, steps: int, warmup: int, compile_m
         "loss_first": losses[0],
         "loss_last": losses[-1],
         "loss_finite": all(np.isfinite(losses)),
-        "flash_sdp_enabled": torch.backends.cuda.flash_sdp_enabled(),
+        "flash_sdp_enabled": torch.backends.cuda.flash_sdp_enabled() if device == "cuda" else None,
     }
 
 

@@ -30,7 +30,7 @@ def report_table(report: Report) -> Table:
             table.add_section()
         label, style = STYLE[check.status]
         body = Text(check.evidence)
-        if check.hint and check.status not in (OK, NOT_APPLICABLE):
+        if check.hint and check.status != NOT_APPLICABLE:
             body.append("\n-> " + check.hint, style="cyan")
         table.add_row(
             check.area if check.area != previous else "", check.name, Text(label, style=style), body

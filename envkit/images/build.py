@@ -16,6 +16,7 @@ service, with `--format docker` so HEALTHCHECK survives.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import time
@@ -239,8 +240,12 @@ def find_builder(engine: str = "docker") -> Builder:
                 "the engine is Podman but no `podman` CLI is installed; install it (apt-get install podman)"
             )
         url = os.environ.get("DOCKER_HOST", "")
-        argv = [podman] + (["--url", url] if url.startswith(("unix://", "tcp://")) else []) + ["build"]
-        return Builder("podman", (*argv, "--format", "docker"))
+        # A local socket: build with the local podman, which shares the service's
+        # storage (podman 4.3's remote build drops --secret files). Remote: --url.
+        remote = url.startswith(("tcp://", "ssh://"))
+        argv = [podman, *(["--url", url] if remote else []), "build"]
+        env = {"BUILDAH_ISOLATION": os.environ.get("BUILDAH_ISOLATION", "chroot")}
+        return Builder("podman", (*argv, "--format", "docker"), env)
     override = os.environ.get("ENVKIT_DOCKER_CLI")
     clis = [override] if override else _docker_clis()
     for docker in clis:
@@ -303,6 +308,7 @@ def run_build(
     started = time.monotonic()
     steps: dict[str, str] = {}
     cached: set[str] = set()
+    last = ""
     with log_path.open("w", encoding="utf-8", buffering=1) as log:
         log.write("$ " + " ".join(cmd) + "\n")
         try:
@@ -318,8 +324,10 @@ def run_build(
             if step is not None:
                 ident, title = step
                 if title == "CACHED":
-                    cached.add(ident)
-                elif ident not in steps:
+                    cached.add(ident or last)  # podman's cache line names no step
+                    continue
+                last = ident
+                if ident not in steps:
                     steps[ident] = title
                     if on_step:
                         on_step(title)
@@ -333,12 +341,19 @@ def run_build(
     )
 
 
+_PODMAN_STEP = re.compile(r"^((?:\[\d+/\d+\] )?STEP \d+/\d+):")
+
+
 def _step_title(line: str, kind: str) -> tuple[str, str] | None:
     """('#7', '[builder 3/5] RUN ...') from BuildKit's plain progress; ('#7', 'CACHED')."""
     line = line.rstrip()
     if kind == "podman":
-        if line.startswith("STEP "):
-            return line.split(":", 1)[0], line
+        # "[2/11] STEP 3/8: RUN ..." then, on a cache hit, "--> Using cache <id>"
+        match = _PODMAN_STEP.match(line)
+        if match:
+            return match.group(1), line
+        if line.startswith("--> Using cache"):
+            return "", "CACHED"
         return None
     if not line.startswith("#"):
         return None

@@ -13,6 +13,7 @@ import hashlib
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -177,8 +178,9 @@ def ansible_lab(docker_client, base_image, tmp_path_factory) -> Iterator[Lab]:
         wait_for("systemd in the target", booted)
         _seed_legacy_nvidia_entries()
         tarball = _tiny_image_tarball(work)
+        source = _snapshot_source(work)
         inventory = work / "inventory.yml"
-        inventory.write_text(yaml.safe_dump(_inventory(tarball), sort_keys=False))
+        inventory.write_text(yaml.safe_dump(_inventory(tarball, source), sort_keys=False))
         yield Lab(target=TARGET, inventory=inventory, workdir=work)
     finally:
         if os.environ.get("ENVKIT_KEEP_ANSIBLE_LAB") != "1":
@@ -215,7 +217,7 @@ def _seed_legacy_nvidia_entries() -> None:
     the key trusted for every repository (apt-key style, trusted.gpg.d)."""
     script = (
         "set -e; apt_dir=/etc/apt; "
-        f"python3 -c \"import urllib.request,sys; sys.stdout.buffer.write(urllib.request.urlopen("
+        f'python3 -c "import urllib.request,sys; sys.stdout.buffer.write(urllib.request.urlopen('
         f"'{MIRROR_URL}/libnvidia-container/gpgkey').read())\" > $apt_dir/trusted.gpg.d/nvidia-docker.asc; "
         f"echo 'deb {MIRROR_URL}/libnvidia-container/stable/deb/amd64 /' "
         "> $apt_dir/sources.list.d/nvidia-docker.list"
@@ -235,7 +237,19 @@ def _tiny_image_tarball(work: Path) -> Path:
     return tarball
 
 
-def _inventory(tarball: Path) -> dict:
+def _snapshot_source(work: Path) -> Path:
+    """The envkit tree as it is now: the runs of one session build the same wheel
+    even while someone edits the working tree (idempotence must not flake)."""
+    snap = work / "envkit-src"
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
+    for name in ("envkit", "training"):
+        shutil.copytree(ROOT / name, snap / name, ignore=ignore)
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy2(ROOT / name, snap / name)
+    return snap
+
+
+def _inventory(tarball: Path, source: Path) -> dict:
     return {
         "all": {
             "hosts": {
@@ -260,6 +274,7 @@ def _inventory(tarball: Path) -> dict:
                 "docker_engine_users": ["ops"],
                 "docker_engine_daemon_options_extra": {"log-opts": {"max-file": "5"}},
                 "envkit_images": [{"ref": TINY_IMAGE, "tarball": str(tarball)}],
+                "envkit_source_dir": str(source),
             },
         }
     }

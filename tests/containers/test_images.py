@@ -209,5 +209,7 @@ def test_tiny_train_cycle_writes_its_report_to_the_bind_mounted_workspace(
         volumes={str(workspace): {"bind": "/workspace", "mode": "rw"}},
     )
     report = json.loads((workspace / "run" / "report.json").read_text(encoding="utf-8"))
-    assert report, "report.json is empty"
+    assert report["cycle"]["status"] == "completed"
+    assert {"prepare", "pretrain", "finetune", "test"} <= set(report)
+    assert report["summary"]["engine"] == engine
     assert (workspace / "run").stat().st_uid == 1000

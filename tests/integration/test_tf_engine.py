@@ -42,8 +42,15 @@ def small_cfg(run_dir: Path, prepared: Path, *extra: str) -> TrainConfig:
     return resolve_config(None, None, [*SMALL, f"run_dir={run_dir}", f"prepared_dir={prepared}", *extra])
 
 
-def subprocess_env() -> dict[str, str]:
-    return dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=str(ROOT))
+def subprocess_env(xla: bool) -> dict[str, str]:
+    return dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=str(ROOT), ENVKIT_TF_XLA="1" if xla else "0")
+
+
+@pytest.fixture
+def no_xla(monkeypatch: pytest.MonkeyPatch) -> None:
+    """XLA off: its compile time would dominate a test about something else. The default
+    (XLA on) path is what the learning, resume and TF-only tests run."""
+    monkeypatch.setenv("ENVKIT_TF_XLA", "0")
 
 
 @pytest.fixture(scope="module")
@@ -56,9 +63,11 @@ def prepared(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def uninterrupted(prepared: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A 24-step TensorFlow pretraining run, start to finish (dropout on, accumulation 2)."""
+    """A 24-step TensorFlow pretraining run, start to finish (dropout on, accumulation 2, XLA on)."""
     run = tmp_path_factory.mktemp("tf-uninterrupted")
-    result = loop.pretrain(small_cfg(run, prepared))
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("ENVKIT_TF_XLA", "1")
+        result = loop.pretrain(small_cfg(run, prepared))
     assert result.status == "completed" and result.step == 24
     return run
 
@@ -72,11 +81,12 @@ def test_pretraining_loss_goes_down(uninterrupted: Path) -> None:
 
 
 def test_sigterm_then_resume_reproduces_the_uninterrupted_run_bit_exactly(
-    prepared: Path, uninterrupted: Path, tmp_path: Path
+    prepared: Path, uninterrupted: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setenv("ENVKIT_TF_XLA", "1")  # as the uninterrupted run: the default path
     cfg = small_cfg(tmp_path, prepared)
 
-    def preempt_at_10(step: int) -> None:
+    def preempt_at_10(step: int, *_: object) -> None:
         if step == 10:
             os.kill(os.getpid(), signal.SIGTERM)  # what a scheduler does before preemption
 
@@ -101,7 +111,9 @@ def test_sigterm_then_resume_reproduces_the_uninterrupted_run_bit_exactly(
         np.testing.assert_array_equal(got_opt[name], want_opt[name], err_msg=name)
     # the resumed run logged the same losses after the resume point
     want_log = {r["step"]: r["loss"] for r in read_metrics(uninterrupted) if "loss" in r}
-    got_log = {r["step"]: r["loss"] for r in read_metrics(tmp_path) if "loss" in r and r["step"] > preempted_at}
+    got_log = {
+        r["step"]: r["loss"] for r in read_metrics(tmp_path) if "loss" in r and r["step"] > preempted_at
+    }
     assert got_log and all(got_log[s] == want_log[s] for s in got_log if s in want_log)
 
 
@@ -111,7 +123,7 @@ def test_sigterm_to_the_cli_saves_and_exits_zero(prepared: Path, tmp_path: Path)
     proc = subprocess.Popen(
         [str(ENVKIT), "train", "pretrain", *args],
         cwd=ROOT,
-        env=subprocess_env(),
+        env=subprocess_env(xla=False),
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -184,7 +196,7 @@ def test_mirrored_strategy_over_two_logical_cpus_equals_one_device(tmp_path: Pat
     proc = subprocess.run(
         [sys.executable, "-c", MIRRORED_SCRIPT, str(tmp_path)],
         cwd=ROOT,
-        env=subprocess_env(),
+        env=subprocess_env(xla=False),
         capture_output=True,
         text=True,
         timeout=600,
@@ -212,6 +224,7 @@ def _torch_engine_available() -> bool:
 
 
 @pytest.mark.skipif(not _torch_engine_available(), reason="the PyTorch engine is not importable here")
+@pytest.mark.usefixtures("no_xla")
 def test_weights_move_between_engines(prepared: Path, uninterrupted: Path, tmp_path: Path) -> None:
     from training.engines import get_engine
     from training.engines.base import DistInfo, OptimSpec
@@ -285,7 +298,7 @@ def test_tiny_cycle_in_a_python_without_torch(tmp_path: Path) -> None:
     proc = subprocess.run(
         [sys.executable, "-c", TF_ONLY_WRAPPER, *args],
         cwd=ROOT,
-        env=subprocess_env(),
+        env=subprocess_env(xla=True),
         capture_output=True,
         text=True,
         timeout=900,

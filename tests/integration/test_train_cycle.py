@@ -63,6 +63,7 @@ def _run(args: list[str], **kw) -> subprocess.CompletedProcess:
     )
 
 
+@pytest.mark.slow
 def test_cli_cycle_writes_the_whole_run_directory(tmp_path):
     run = tmp_path / "run"
     proc = _run(["cycle", f"run_dir={run}", *MICRO])
@@ -151,6 +152,7 @@ def test_finetune_resume_mid_epoch_is_bit_exact(prepared, tmp_path):
         np.testing.assert_array_equal(a[k], b[k], err_msg=k)
 
 
+@pytest.mark.slow
 def test_sigterm_saves_a_checkpoint_and_exits_0(prepared, tmp_path):
     run = _copy_prepared(prepared, tmp_path / "run")
     args = [
@@ -177,6 +179,7 @@ def test_sigterm_saves_a_checkpoint_and_exits_0(prepared, tmp_path):
     assert manifest["status"] == "preempted" and 4 <= manifest["step"] < 1000000
 
 
+@pytest.mark.slow
 def test_kill_9_never_leaves_a_torn_checkpoint_and_resume_matches(prepared, tmp_path):
     steps = ["max_steps=60", "checkpoint_every=1", "eval_every=30"]
     reference = _copy_prepared(prepared, tmp_path / "reference")
@@ -291,3 +294,15 @@ def test_real_data_sst2_and_wikitext(shared_data, tmp_path):
     assert report["prepare"]["cls_rows"]["test"] == dev_rows
     assert report["summary"]["test_ppl"] < 1024  # learnt something over uniform
     assert report["test"]["metrics"]["classification"]["n"] == dev_rows
+
+
+def test_early_stopping_keeps_the_best_checkpoint(prepared, tmp_path):
+    run = _copy_prepared(prepared, tmp_path / "run")
+    # lr=0: the first evaluation is the best one and every later one fails to improve
+    result = loop.pretrain(_cfg(run, "lr=0", "max_steps=40", "eval_every=2", "patience=2"))
+    assert result.status == "early_stopped" and result.step == 6
+    assert ckpt.read_manifest(run / "checkpoints" / "best")["step"] == 2
+    last = ckpt.read_manifest(run / "checkpoints" / "last")
+    assert last["step"] == 6 and last["status"] == "early_stopped"
+    # rerunning with resume=auto does not train past an early stop
+    assert loop.pretrain(_cfg(run, "lr=0", "max_steps=40", "eval_every=2", "patience=2")).step == 6

@@ -8,6 +8,7 @@ engine's model; their fp32 logits must agree.
 from __future__ import annotations
 
 import math
+import os
 from pathlib import Path
 
 import numpy as np
@@ -115,11 +116,16 @@ def reference_logits(
 # --- fixtures ---------------------------------------------------------------------------------------
 
 
-def make_engine(
-    task: str, weights: dict[str, np.ndarray] | None, seed: int = 1337, **train: object
-) -> TFEngine:
-    cfg = TrainConfig(model=ModelConfig(**CFG.__dict__), seed=seed, **train)
-    engine = TFEngine(cfg, DistInfo())
+def make_engine(task: str, weights: dict[str, np.ndarray] | None, xla: bool = False) -> TFEngine:
+    """An engine on CPU; XLA off unless asked (its compile time would dominate these small tests)."""
+    cfg = TrainConfig(model=ModelConfig(**CFG.__dict__), seed=1337)
+    previous = os.environ.get("ENVKIT_TF_XLA")
+    os.environ["ENVKIT_TF_XLA"] = "1" if xla else "0"
+    try:
+        engine = TFEngine(cfg, DistInfo())
+    finally:
+        os.environ.pop("ENVKIT_TF_XLA") if previous is None else os.environ.update(ENVKIT_TF_XLA=previous)
+    assert engine.jit_compile == xla
     engine.build(task, cfg.model, PAD, weights, OptimSpec(weight_decay=0.1))
     return engine
 
@@ -141,11 +147,20 @@ def ids() -> np.ndarray:
     return out
 
 
+@pytest.fixture(scope="module")
+def cls_engine(shared_weights: dict[str, np.ndarray]) -> TFEngine:
+    """One classifier engine for the forward-only tests (they never change its weights)."""
+    return make_engine("cls", shared_weights)
+
+
 # --- tests ------------------------------------------------------------------------------------------
 
 
-def test_logits_match_the_contract_reference(shared_weights: dict[str, np.ndarray], ids: np.ndarray) -> None:
-    engine = make_engine("cls", shared_weights)
+@pytest.mark.parametrize("xla", [False, True], ids=["graph", "xla"])
+def test_logits_match_the_contract_reference(
+    shared_weights: dict[str, np.ndarray], ids: np.ndarray, cls_engine: TFEngine, xla: bool
+) -> None:
+    engine = make_engine("cls", shared_weights, xla=True) if xla else cls_engine
     want_lm, want_cls = reference_logits(shared_weights, ids, CFG)
     got_lm = engine.model.lm_logits(engine.model(tf.constant(ids))).numpy()
     got_cls = engine.eval_step(ClsBatch(ids, np.array([0, 1, 2]))).logits
@@ -154,10 +169,12 @@ def test_logits_match_the_contract_reference(shared_weights: dict[str, np.ndarra
     np.testing.assert_allclose(got_cls, want_cls, rtol=1e-4, atol=1e-4)
 
 
-def test_logits_match_the_pytorch_engine(shared_weights: dict[str, np.ndarray], ids: np.ndarray) -> None:
+def test_logits_match_the_pytorch_engine(
+    shared_weights: dict[str, np.ndarray], ids: np.ndarray, cls_engine: TFEngine
+) -> None:
     torch = pytest.importorskip("torch")
     torch_model = pytest.importorskip("training.engines.torch_engine.model")
-    tf_engine = make_engine("cls", shared_weights)
+    tf_engine = cls_engine
     state = {k: torch.from_numpy(v.copy()) for k, v in shared_weights.items()}
     lm = torch_model.GPT(CFG, task="lm", pad_id=PAD).eval()
     lm.load_state_dict({k: v for k, v in state.items() if not k.startswith("cls_head.")}, strict=True)
@@ -172,8 +189,8 @@ def test_logits_match_the_pytorch_engine(shared_weights: dict[str, np.ndarray], 
     np.testing.assert_allclose(got_cls, want_cls, rtol=1e-4, atol=1e-4)
 
 
-def test_future_tokens_do_not_change_earlier_logits(shared_weights: dict[str, np.ndarray]) -> None:
-    engine = make_engine("lm", shared_weights)
+def test_future_tokens_do_not_change_earlier_logits(cls_engine: TFEngine) -> None:
+    engine = cls_engine
     rng = np.random.default_rng(1)
     a = rng.integers(1, CFG.vocab_size, size=(1, CFG.block_size))
     b = a.copy()
@@ -184,8 +201,8 @@ def test_future_tokens_do_not_change_earlier_logits(shared_weights: dict[str, np
     assert not np.allclose(la[0, 10:], lb[0, 10:])
 
 
-def test_more_right_padding_leaves_class_logits_unchanged(shared_weights: dict[str, np.ndarray]) -> None:
-    engine = make_engine("cls", shared_weights)
+def test_more_right_padding_leaves_class_logits_unchanged(cls_engine: TFEngine) -> None:
+    engine = cls_engine
     short = np.array([[5, 6, 7, 8, PAD, PAD]])
     long = np.concatenate([short, np.full((1, 10), PAD)], axis=1)
     got_short = engine.eval_step(ClsBatch(short, np.array([1]))).logits
@@ -194,19 +211,20 @@ def test_more_right_padding_leaves_class_logits_unchanged(shared_weights: dict[s
 
 
 def test_exported_weights_use_contract_names_and_pytorch_layout(
-    shared_weights: dict[str, np.ndarray],
+    shared_weights: dict[str, np.ndarray], cls_engine: TFEngine, lm_engines: tuple[TFEngine, TFEngine]
 ) -> None:
-    engine = make_engine("cls", shared_weights)
-    out = engine.export_weights()
+    out = cls_engine.export_weights()
     assert set(out) == contract_names(CFG, with_head=True)
     for name, value in out.items():
         assert value.dtype == np.float32
         np.testing.assert_array_equal(value, shared_weights[name], err_msg=name)
-    assert set(make_engine("lm", None).export_weights()) == contract_names(CFG, with_head=False)
+    assert set(lm_engines[0].export_weights()) == contract_names(CFG, with_head=False)
 
 
-def test_bad_weights_are_refused_with_the_tensor_named(shared_weights: dict[str, np.ndarray]) -> None:
-    engine = make_engine("cls", None)
+def test_bad_weights_are_refused_with_the_tensor_named(
+    shared_weights: dict[str, np.ndarray], cls_engine: TFEngine
+) -> None:
+    engine = cls_engine
     before = engine.export_weights()
     wrong = dict(shared_weights)
     wrong["h.1.mlp.c_fc.weight"] = wrong["h.1.mlp.c_fc.weight"][:, :8]

@@ -209,6 +209,8 @@ def test_trim_padding_drops_only_all_pad_columns():
     from training.core.data import trim_padding
 
     ids = np.array([[5, 6, 1, 1, 1], [7, 1, 1, 1, 1]])
-    assert trim_padding(ids, pad_id=1).tolist() == [[5, 6], [7, 1]]
-    assert trim_padding(np.ones((2, 4), np.int64), pad_id=1).shape == (2, 1)
+    assert trim_padding(ids, pad_id=1, multiple=1).tolist() == [[5, 6], [7, 1]]
+    assert trim_padding(ids, pad_id=1, multiple=4).tolist() == [[5, 6, 1, 1], [7, 1, 1, 1]]
+    assert trim_padding(np.ones((2, 4), np.int64), pad_id=1, multiple=1).shape == (2, 1)
+    assert trim_padding(np.full((3, 48), 1), pad_id=1).shape == (3, 16)  # default: multiples of 16
     assert trim_padding(ids, pad_id=None) is ids

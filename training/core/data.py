@@ -208,8 +208,11 @@ class ClsEpochSampler:
         return ClsBatch(rows, np.asarray(labels[idx], dtype=np.int64))
 
 
-def trim_padding(ids: np.ndarray, pad_id: int | None) -> np.ndarray:
-    """Drop the columns that are padding in every row.
+TRIM_MULTIPLE = 16  # few distinct shapes: compiled graphs (torch.compile, XLA) are reused
+
+
+def trim_padding(ids: np.ndarray, pad_id: int | None, multiple: int = TRIM_MULTIPLE) -> np.ndarray:
+    """Drop trailing columns that are padding in every row (kept to a multiple of `multiple`).
 
     Exact, not an approximation: attention is causal and pooling masks pads, so
     trailing all-pad columns never change a logit; short sentences just cost less.
@@ -218,6 +221,7 @@ def trim_padding(ids: np.ndarray, pad_id: int | None) -> np.ndarray:
         return ids
     real = (ids != pad_id).any(axis=0)
     keep = int(np.nonzero(real)[0][-1]) + 1 if real.any() else 1
+    keep = min(ids.shape[1], -(-keep // multiple) * multiple)
     return ids[:, :keep]
 
 

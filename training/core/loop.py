@@ -257,7 +257,6 @@ def _pretrain(st: _Stage, on_step: StepHook | None) -> StageResult:
     if start:
         prog.log(f"pretrain: resumed from {path} at step {start}")
     status, last_path = "completed", str(path) if path else None
-    last_record: dict[str, Any] = {}
     window_t, window_tokens, window_steps = 0.0, 0, 0
     final_step = start
 
@@ -306,7 +305,7 @@ def _pretrain(st: _Stage, on_step: StepHook | None) -> StageResult:
                     window_t, window_tokens, window_steps = 0.0, 0, 0
                     st.log.log(rec)
                     prog.log(format_record(rec))
-                    last_record = rec
+                    metrics.update(final_loss=loss, tokens_per_s=rec["tokens_per_s"], mfu=rec["mfu"])
                 stop_early = False
                 if val_batches and (done % cfg.eval_every == 0 or done == cfg.max_steps):
                     val = _lm_eval(st, val_batches)
@@ -340,9 +339,6 @@ def _pretrain(st: _Stage, on_step: StepHook | None) -> StageResult:
     finally:
         prog.close()
     metrics.update(
-        final_loss=last_record.get("loss"),
-        tokens_per_s=last_record.get("tokens_per_s"),
-        mfu=last_record.get("mfu"),
         params=eng.num_params(),
         flops_per_token=fpt,
         device=eng.device_info().__dict__,

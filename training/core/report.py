@@ -70,7 +70,8 @@ def make_plots(run_dir: Path) -> list[str]:
     ax.set_xlabel("optimizer step")
     ax.set_ylabel("cross-entropy (nats/token)")
     ax.grid(alpha=0.3)
-    ax.legend()
+    if ax.lines:
+        ax.legend()
     ax = axes[1]
     for key, label in (("loss", "train loss"), ("val_loss", "validation loss")):
         steps, values = _latest_by_step(records, "finetune", key)
@@ -79,7 +80,8 @@ def make_plots(run_dir: Path) -> list[str]:
     ax.set_title("fine-tuning (classifier)")
     ax.set_xlabel("optimizer step")
     ax.grid(alpha=0.3)
-    ax.legend()
+    if ax.lines:
+        ax.legend()
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110)

@@ -273,12 +273,10 @@ class TFEngine(Engine):
             w = tf.ones([tf.shape(x)[0]], tf.float32)
             return micro_loss_sums(x, y, w, None, training=False)
 
-        # One device: the whole step (forward, backward, clipping, AdamW) is one XLA cluster.
-        # Replicated: collectives stay outside XLA, the per-micro-batch work inside.
-        whole_step_jit = self.jit_compile and replicas == 1
-        self._train_fn = tf.function(
-            train, reduce_retracing=True, autograph=False, jit_compile=whole_step_jit
-        )
+        # XLA compiles the per-micro-batch forward/backward (grad_fn), not the whole step: with
+        # the optimizer inside, XLA took the weights as compile-time constants and recompiled
+        # every step; collectives must stay outside XLA anyway.
+        self._train_fn = tf.function(train, reduce_retracing=True, autograph=False)
         # Any batch shape through one trace: evaluation batches end with a short one.
         ids_spec = tf.TensorSpec([None, None], tf.int32)
         target_spec = tf.TensorSpec([None, None] if lm else [None], tf.int32)

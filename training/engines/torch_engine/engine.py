@@ -190,10 +190,9 @@ class TorchEngine(Engine):
             self.scaler.unscale_(self.opt)
         params = [p for p in self.raw.parameters() if p.grad is not None]
         norm = torch.nn.utils.clip_grad_norm_(params, grad_clip if grad_clip > 0 else math.inf)
-        loss_value, norm_value = (
-            float(total),
-            float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm),
-        )
+        norm = norm.full_tensor() if hasattr(norm, "full_tensor") else norm  # FSDP2: a DTensor
+        # one device->host copy per step: the NaN check needs both numbers on the host
+        loss_value, norm_value = torch.stack([total.float(), norm.float()]).tolist()
         if self.scaler is not None:
             # fp16: an overflowing step is normal; the scaler skips it and lowers the scale
             self.scaler.step(self.opt)
