@@ -118,10 +118,10 @@ ENV PATH=/opt/venv/bin:$PATH \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 USER ${ENVKIT_UID}:${ENVKIT_GID}
+WORKDIR /workspace
 # envkit and training last: a code-only change rebuilds this layer alone.
 RUN --mount=type=bind,from=envkit-wheel,source=/dist,target=/dist \
     pip install --no-deps --no-index --no-cache-dir /dist/envkit-*.whl
-WORKDIR /workspace
 ENTRYPOINT ["/usr/bin/tini", "--", "/usr/local/bin/envkit-entrypoint"]
 CMD ["bash"]
 # doctor exits 0 when the stack is usable, 1 when a check fails.

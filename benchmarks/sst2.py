@@ -49,6 +49,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--run-root", default="runs/sst2")
     parser.add_argument("--pretrain-steps", type=int, default=1500)
     parser.add_argument("--ft-epochs", type=int, default=2)
+    parser.add_argument("--ft-steps-per-epoch", type=int, default=0, help="0 = the whole train split")
+    parser.add_argument(
+        "--keep", action="store_true", help="keep runs/sst2: finished stages are reused (resume=auto)"
+    )
     parser.add_argument("--threads", type=int, default=0)
     parser.add_argument("--skip-scratch", action="store_true", help="skip the init=scratch baseline")
     parser.add_argument("--out", default="results/sst2.json")
@@ -59,7 +63,8 @@ def main(argv: list[str] | None = None) -> int:
         if not (data / rel).is_file():
             raise SystemExit(f"{data / rel} is missing; point --data at the shared data folder")
     root = Path(args.run_root)
-    shutil.rmtree(root, ignore_errors=True)
+    if not args.keep:
+        shutil.rmtree(root, ignore_errors=True)
     prepared = root / "prepared"
     common = [
         f"corpus={data / 'wikitext-2' / 'valid.txt'}",
@@ -72,7 +77,8 @@ def main(argv: list[str] | None = None) -> int:
         "batch_size=32", f"max_steps={args.pretrain_steps}", "lr=2e-3", "warmup_steps=100",
         f"eval_every={max(100, args.pretrain_steps // 5)}", "eval_batches=8",
         f"checkpoint_every={max(100, args.pretrain_steps // 5)}", "log_every=50",
-        "max_len=64", f"ft_epochs={args.ft_epochs}", "ft_batch_size=64", "ft_lr=5e-4",
+        "max_len=64", f"ft_epochs={args.ft_epochs}", f"ft_steps_per_epoch={args.ft_steps_per_epoch}",
+        "ft_batch_size=64", "ft_lr=5e-4",
         "ft_weight_decay=0.05", "progress=plain", f"threads={args.threads}",
     ]  # fmt: skip
     t0 = time.perf_counter()

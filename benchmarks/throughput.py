@@ -82,7 +82,7 @@ def hf_contender(model_cfg: Any, lr: float, seed: int) -> RunFn:
             vocab_size=model_cfg.vocab_size, n_positions=model_cfg.block_size, n_embd=model_cfg.n_embd,
             n_layer=model_cfg.n_layer, n_head=model_cfg.n_head, activation_function="gelu_new",
             resid_pdrop=model_cfg.dropout, embd_pdrop=model_cfg.dropout, attn_pdrop=0.0,
-            layer_norm_epsilon=1e-5, tie_word_embeddings=True,
+            layer_norm_epsilon=1e-5, tie_word_embeddings=True, bos_token_id=None, eos_token_id=None,
         )  # fmt: skip
         model = GPT2LMHeadModel._from_config(config, attn_implementation="sdpa").train()
         opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.1)

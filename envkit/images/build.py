@@ -47,6 +47,7 @@ CONTEXT_PATHS = ("pyproject.toml", "README.md", ".dockerignore", "Dockerfiles", 
 def snapshot_context(dest: Path, wheelhouse: Path | None = None, source: Path | None = None) -> Path:
     """Copy the build context to `dest` (wheels hard-linked): edit it without touching the checkout."""
     source = source or source_root()
+    dest.mkdir(parents=True, exist_ok=True)
     for name in CONTEXT_PATHS:
         src = source / name
         if src.is_dir():

@@ -161,7 +161,7 @@ MIRRORED_SCRIPT = textwrap.dedent(
     from training.engines.tf_engine import TFEngine
 
     class OneDevice(TFEngine):
-        def _make_strategy(self, cluster):
+        def _make_strategy(self):
             return tf.distribute.get_strategy()
 
     model = ModelConfig(vocab_size=64, block_size=16, n_layer=2, n_head=2, n_embd=32, dropout=0.0)

@@ -270,8 +270,10 @@ def test_scratch_baseline_and_missing_backbone(prepared, tmp_path):
     run = _copy_prepared(prepared, tmp_path / "run")
     result = CliRunner().invoke(app, ["train", "finetune", f"run_dir={run}", *MICRO])
     assert result.exit_code == 2 and "init=scratch" in result.output
-    scratch = loop.finetune(_cfg(run, "init=scratch"))
+    # a budget on a big set: 5 batches per epoch, each epoch a fresh permutation
+    scratch = loop.finetune(_cfg(run, "init=scratch", "ft_epochs=2", "ft_steps_per_epoch=5"))
     assert scratch.status == "completed" and scratch.metrics["init_from"] is None
+    assert scratch.step == 10 and [h["epoch"] for h in scratch.metrics["history"]] == [1, 2]
     assert 0.0 <= scratch.metrics["best_val_accuracy"] <= 1.0
 
 

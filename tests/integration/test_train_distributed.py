@@ -85,3 +85,29 @@ def test_two_process_ddp_keeps_replicas_identical_and_rank0_saves(tmp_path):
     result = CliRunner().invoke(app, ["train", "pretrain", *overrides, "max_steps=8"])
     assert result.exit_code == 2
     assert "written by 2 process(es) and this run has 1" in result.output
+
+
+@pytest.mark.slow
+def test_fsdp2_option_saves_full_unsharded_weights_and_resumes(tmp_path):
+    run = tmp_path / "run"
+    overrides = [f"run_dir={run}", *MICRO, "n_layer=2", "distributed=fsdp"]
+    prepare(resolve_config(None, None, overrides))
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+
+    def torchrun(*extra: str) -> subprocess.CompletedProcess:
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
+               "-m", "training", "pretrain", *overrides, *extra]  # fmt: skip
+        return subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env, timeout=600)
+
+    first = torchrun("max_steps=4")
+    assert first.returncode == 0, first.stderr[-3000:]
+    weights = ckpt.load_weights(run / "checkpoints" / "last")
+    assert weights["h.1.mlp.c_fc.weight"].shape == (128, 32)  # gathered, not a shard
+    assert weights["wte.weight"].shape == (300, 32)
+    second = torchrun("max_steps=6")
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert "resumed from" in second.stdout
+    manifest = ckpt.read_manifest(run / "checkpoints" / "last")
+    assert (
+        manifest["step"] == 6 and manifest["world_size"] == 2 and manifest["config"]["distributed"] == "fsdp"
+    )

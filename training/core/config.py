@@ -110,6 +110,7 @@ class TrainConfig:
     ft_weight_decay: float = 0.01
     ft_warmup_ratio: float = 0.1
     ft_patience: int = 0  # epochs without improvement before early stop; 0 = off
+    ft_steps_per_epoch: int = 0  # cap on batches per epoch (a budget on big sets); 0 = the whole split
 
     # -- reliability ----------------------------------------------------------
     resume: str = "auto"  # auto | never
@@ -135,6 +136,8 @@ class TrainConfig:
         for key in positive:
             if getattr(self, key) < 1:
                 raise ConfigError(f"{key}={getattr(self, key)} must be >= 1")
+        if self.ft_steps_per_epoch < 0:
+            raise ConfigError(f"ft_steps_per_epoch={self.ft_steps_per_epoch} must be >= 0 (0 = no cap)")
         if self.ft_epochs < 0:
             raise ConfigError(f"ft_epochs={self.ft_epochs} must be >= 0")
         if not (0 <= self.val_fraction < 1 and 0 <= self.test_fraction < 1):

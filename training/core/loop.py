@@ -414,6 +414,8 @@ def _finetune(st: _Stage, on_step: StepHook | None) -> StageResult:
     val_ids, val_labels = st.data.cls_split("val")
     sampler = ClsEpochSampler(len(train_labels), cfg.ft_batch_size, cfg.seed, dist.rank, dist.world_size)
     bpe = sampler.batches_per_epoch
+    if cfg.ft_steps_per_epoch:
+        bpe = min(bpe, cfg.ft_steps_per_epoch)  # each epoch still draws a fresh permutation
     total = max(1, cfg.ft_epochs * bpe)
     warmup = int(cfg.ft_warmup_ratio * total)
     epoch0, index0 = 0, 0

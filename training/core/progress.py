@@ -29,8 +29,8 @@ def format_record(record: dict[str, Any]) -> str:
         value = record.get(key)
         if value is not None:
             parts.append(fmt.format(value))
-    if record.get("mfu", 0) is None or ("mfu" in record and record["mfu"] is None):
-        parts.append("mfu n/a")
+    if "mfu" in record and record["mfu"] is None:
+        parts.append("mfu n/a")  # no peak to compare with: CPU or a GPU missing from the matrix
     return " | ".join(parts)
 
 
@@ -42,7 +42,7 @@ class StageProgress:
         if not enabled:
             mode = "off"
         if mode == "auto":
-            mode = "bar" if sys.stderr.isatty() else "plain"
+            mode = "bar" if sys.stdout.isatty() else "plain"
         self.mode = mode
         self._progress = None
         if mode == "bar":

@@ -71,8 +71,8 @@ def dist_from_tf_config() -> DistInfo | None:
     return DistInfo(rank=index, world_size=count, local_rank=0)
 
 
-def _configure_runtime(cfg: TrainConfig) -> None:
-    """Threads, visible devices and determinism; must run before TensorFlow starts its runtime."""
+def _configure_devices(cfg: TrainConfig) -> None:
+    """Threads and visible devices; only takes effect before TensorFlow starts its runtime."""
     import tensorflow as tf
 
     gpus = tf.config.list_physical_devices("GPU")
@@ -93,9 +93,25 @@ def _configure_runtime(cfg: TrainConfig) -> None:
         with contextlib.suppress(RuntimeError):
             tf.config.threading.set_intra_op_parallelism_threads(cfg.threads)
             tf.config.threading.set_inter_op_parallelism_threads(min(cfg.threads, 2))
-    if not tf.config.list_logical_devices("GPU"):
-        # Bit-exact resume on CPU; on GPUs determinism costs speed and is not promised.
-        tf.config.experimental.enable_op_determinism()
+
+
+_MULTI_WORKER: Any = None  # one per process: collectives are configured once, at start-up
+
+
+def _multi_worker_strategy() -> Any:
+    """The process's MultiWorkerMirroredStrategy (TF_CONFIG), created before anything starts the runtime."""
+    global _MULTI_WORKER
+    if _MULTI_WORKER is None:
+        import tensorflow as tf
+
+        try:
+            _MULTI_WORKER = tf.distribute.MultiWorkerMirroredStrategy()
+        except RuntimeError as exc:
+            raise EngineError(
+                f"TF_CONFIG names a cluster but TensorFlow's runtime was already started in this "
+                f"process ({exc}); run one training command per worker process"
+            ) from None
+    return _MULTI_WORKER
 
 
 class TFEngine(Engine):
@@ -109,14 +125,24 @@ class TFEngine(Engine):
 
         self.tf = tf
         cluster = tf_config_workers()
-        if dist.world_size > 1 and (cluster is None or cluster[1] != dist.world_size):
+        if cluster is None and dist.world_size > 1:
             raise EngineError(
                 "engine=tensorflow does not run under torchrun; launch one process per host "
                 "with TF_CONFIG (MultiWorkerMirroredStrategy) instead"
             )
-        _configure_runtime(cfg)
-        self.gpus = tf.config.list_logical_devices("GPU")
-        self.strategy = self._make_strategy(cluster)
+        if cluster is not None and cluster[1] > 1 and (dist.rank, dist.world_size) != cluster:
+            # the loop shards data and picks the writing process by rank: it must agree with TF_CONFIG
+            raise EngineError(
+                f"TF_CONFIG makes this worker {cluster[0]} of {cluster[1]} but the run sees rank "
+                f"{dist.rank} of {dist.world_size}; set RANK={cluster[0]} WORLD_SIZE={cluster[1]}"
+            )
+        _configure_devices(cfg)
+        multi_worker = _multi_worker_strategy() if cluster is not None and cluster[1] > 1 else None
+        self.gpus = tf.config.list_logical_devices("GPU")  # starts the runtime
+        if not self.gpus:
+            # Bit-exact resume on CPU; on GPUs determinism costs speed and is not promised.
+            tf.config.experimental.enable_op_determinism()
+        self.strategy = multi_worker or self._make_strategy()
         self.workers = cluster[1] if cluster else 1
         self.local_replicas = self.strategy.num_replicas_in_sync // self.workers
         self.dtype = self._choose_dtype()
@@ -131,10 +157,9 @@ class TFEngine(Engine):
 
     # -- setup ---------------------------------------------------------------------------------
 
-    def _make_strategy(self, cluster: tuple[int, int] | None) -> Any:
+    def _make_strategy(self) -> Any:
+        """Mirrored over every local GPU (or logical CPU device) when there are several."""
         tf = self.tf
-        if cluster is not None and cluster[1] > 1:
-            return tf.distribute.MultiWorkerMirroredStrategy()
         devices = self.gpus or tf.config.list_logical_devices("CPU")
         if len(devices) > 1:
             cross = None if self.gpus else tf.distribute.ReductionToOneDevice()
