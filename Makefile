@@ -50,7 +50,7 @@ lint: $(STAMP) ## ruff, hadolint, yamllint and ansible-lint
 doctor: $(STAMP) ## Check this machine's stack (driver, GPUs, CUDA, frameworks, Docker)
 	$(BIN)/envkit doctor --output results/doctor.json $(DOCTOR_ARGS)
 
-bench: $(STAMP) ## Quick CPU matmul + memory bench, JSON and PNG under results/
+bench: $(STAMP) ## Quick CPU bench (matmul numpy/torch/TF, memory, gloo all-reduce), JSON + PNG under results/
 	$(BIN)/envkit bench matmul --preset quick --device cpu --backend numpy,torch,tensorflow --out results/bench-matmul.json --plot results/bench-matmul.png
 	$(BIN)/envkit bench memory --device cpu --out results/bench-memory.json
 	$(BIN)/envkit bench allreduce --backend gloo --nproc 2 --max-size 16MiB --out results/bench-allreduce.json

@@ -127,6 +127,9 @@ def run_allreduce(
         env = dict(os.environ)
         if backend == "gloo":
             env.setdefault("OMP_NUM_THREADS", "1")  # one compute thread per rank; the ranks share the cores
+            if Path("/sys/class/net/lo").exists():
+                # one host: loopback always works, whereas the hostname may not resolve in a container
+                env.setdefault("GLOO_SOCKET_IFNAME", "lo")
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
         log: list[str] = []
         try:

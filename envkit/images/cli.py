@@ -34,7 +34,7 @@ VARIANTS = "cpu | cuda | cuda-devel"
 
 
 def _fail(message: str, code: int = 1) -> typer.Exit:
-    console.print(f"[red]error:[/red] {message}", highlight=False)
+    console.print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True)
     return typer.Exit(code)
 
 
@@ -150,6 +150,9 @@ def _build_rows(
     """Build every row's targets with a progress line; return results and skipped rows."""
     from envkit.images.build import default_pip_cert
 
+    for flag, path in (("--pip-cert", pip_cert), ("--pip-conf", pip_conf), ("--wheelhouse", wheelhouse)):
+        if path is not None and not path.exists():
+            raise _fail(f"{flag} {path} does not exist; pass an existing path", 2)
     client = _client()
     try:
         builder = find_builder(engine_kind(client))
@@ -301,7 +304,7 @@ def build(
         table.add_row(r.tag, r.image_id[7:19], f"{r.seconds:.1f}", f"{r.cached_steps}/{r.steps}")
     Console().print(table)
     for key, why in skipped:
-        console.print(f"[yellow]skipped {key}:[/yellow] {why}", highlight=False)
+        console.print(f"[yellow]skipped {key}:[/yellow] {why}", highlight=False, soft_wrap=True)
 
 
 @app.command("test")

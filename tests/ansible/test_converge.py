@@ -7,6 +7,7 @@ test here reads its runs or inspects the target with testinfra.
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
@@ -67,8 +68,10 @@ def test_check_diff_on_a_provisioned_host_is_clean(converged: Converged) -> None
 def test_container_is_never_rebooted_and_the_pending_reboot_is_said(converged: Converged) -> None:
     # The module cannot load in a container: the driver is installed, none is loaded.
     assert "Reboot pending on envkit-ansible-target" in converged.idempotent.output
-    assert "TASK [nvidia_driver : Reboot to load the new driver]" in converged.idempotent.output
-    assert "skipping: [envkit-ansible-target]" in converged.idempotent.output
+    reboot_task = (
+        r"TASK \[nvidia_driver : Reboot to load the new driver\] \**\nskipping: \[envkit-ansible-target\]"
+    )
+    assert re.search(reboot_task, converged.idempotent.output)
 
 
 def test_docker_is_installed_active_and_owns_a_daemon_json_with_the_nvidia_runtime(target_host) -> None:
@@ -155,9 +158,27 @@ def test_image_tarball_was_loaded(target_host) -> None:
     assert not target_host.file("/opt/envkit/images/tiny.tar").exists
 
 
-def test_verify_playbook_passes(converged: Converged) -> None:
+def test_verify_playbook_passes_and_catches_a_released_hold(converged: Converged, target_host) -> None:
     run = run_playbook(converged.lab.inventory, "playbooks/verify.yml")
     assert run.rc == 0, run.tail()
+    assert run.recap()["changed"] == 0
+    # What an admin's `apt-mark unhold` does before an unattended upgrade: verify says so.
+    target_host.check_output("apt-mark unhold libnvidia-container1")
+    try:
+        broken = run_playbook(converged.lab.inventory, "playbooks/verify.yml")
+    finally:
+        target_host.check_output("apt-mark hold libnvidia-container1")
+    assert broken.rc != 0
+    assert "is not held at one version" in broken.output
+
+
+def test_a_broken_stack_fails_the_play_with_doctors_findings(converged: Converged) -> None:
+    """Requiring a GPU on this GPU-less target: doctor exits 1 and the play says why."""
+    require_gpu = ("-e", "envkit_doctor_require_gpu=true")
+    run = run_playbook(converged.lab.inventory, "playbooks/site.yml", "--tags", "envkit", *require_gpu)
+    assert run.rc != 0
+    assert "envkit doctor says the stack on envkit-ansible-target is not usable (exit 1" in run.output
+    assert re.search(r"\[(gpu|driver)/[^\]]+\] ", run.output), run.tail()
     assert run.recap()["changed"] == 0
 
 
@@ -172,3 +193,20 @@ def test_secure_boot_policy_fail_stops_the_driver_role(converged: Converged, tar
     assert failed.rc != 0
     assert "Secure Boot is enabled on envkit-ansible-target" in failed.output
     assert failed.recap()["changed"] == 0
+
+
+def test_cuda_repository_branch_in_check_mode(converged: Converged, target_host) -> None:
+    """NVIDIA's CUDA repository (unreachable here: its URLs point at the mirror) in
+    --check --diff: the deb822 source it would write, and nothing written."""
+    mirror = "http://envkit-ansible-mirror:8080"
+    run = run_playbook(
+        converged.lab.inventory, "playbooks/site.yml", "--tags", "nvidia_driver", "--check", "--diff",
+        "-e", "nvidia_driver_source=cuda",
+        "-e", f"nvidia_driver_cuda_repo_url={mirror}/cuda/debian12/x86_64",
+        "-e", f"nvidia_driver_cuda_key_url={mirror}/libnvidia-container/gpgkey",
+    )  # fmt: skip
+    assert run.rc == 0, run.tail()
+    assert "+Signed-By: /etc/apt/keyrings/nvidia-cuda.asc" in run.output
+    assert f"+URIs: {mirror}/cuda/debian12/x86_64/" in run.output
+    assert f"cuda-drivers-{matrix_ansible()['nvidia_driver_branch']}" in run.output
+    assert not target_host.file("/etc/apt/sources.list.d/envkit-nvidia-cuda.sources").exists

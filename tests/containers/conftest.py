@@ -97,15 +97,39 @@ def build_logs() -> Path:
     return path
 
 
+@pytest.fixture(scope="session")
+def build_cpu_image(base_image, wheelhouse, image_builder, pip_cert_secret, build_logs):
+    """build(name) -> BuiltImage: each CPU image is built once, however many fixtures ask."""
+    built: dict[str, BuiltImage] = {}
+
+    def build(name: str) -> BuiltImage:
+        if name not in built:
+            row = load_matrix().image(name, "cpu")
+            if row.base_image != base_image:
+                pytest.fail(
+                    f"matrix row {row.key} builds FROM {row.base_image}, but the local base is {base_image}"
+                )
+            built[name] = build_row(
+                row,
+                builder=image_builder,
+                wheelhouse=wheelhouse,
+                pip_cert=pip_cert_secret,
+                log_dir=build_logs,
+            )
+        return built[name]
+
+    return build
+
+
 @pytest.fixture(scope="session", params=CPU_IMAGES)
-def cpu_image(request, base_image, wheelhouse, image_builder, pip_cert_secret, build_logs) -> BuiltImage:
+def cpu_image(request, build_cpu_image) -> BuiltImage:
     """pytorch-cpu and tensorflow-cpu, each built once for the whole session."""
-    row = load_matrix().image(request.param, "cpu")
-    if row.base_image != base_image:
-        pytest.fail(f"matrix row {row.key} builds FROM {row.base_image}, but the local base is {base_image}")
-    return build_row(
-        row, builder=image_builder, wheelhouse=wheelhouse, pip_cert=pip_cert_secret, log_dir=build_logs
-    )
+    return build_cpu_image(request.param)
+
+
+@pytest.fixture(scope="session")
+def pytorch_image(build_cpu_image) -> BuiltImage:
+    return build_cpu_image("pytorch")
 
 
 @pytest.fixture

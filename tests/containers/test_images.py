@@ -17,6 +17,7 @@ import pytest
 
 from envkit.matrix import version_tuple
 from tests.containers.conftest import BuiltImage
+from tests.containers.tracked_container import TrackedContainer
 
 pytestmark = pytest.mark.container
 
@@ -173,10 +174,12 @@ print(total == 65535 * 65536 / 2, total)
 """
 
 
-def test_dataloader_with_two_workers_runs_under_1g_shm(container, cpu_image: BuiltImage):
-    if cpu_image.row.framework != "pytorch":
-        pytest.skip("DataLoader workers are PyTorch's; the TensorFlow image has no torch")
-    result = container.run_and_wait(["python", "-c", DATALOADER], shm_size="1g")
+def test_dataloader_with_two_workers_runs_under_1g_shm(docker_client, pytorch_image: BuiltImage):
+    tracked = TrackedContainer(docker_client, pytorch_image.tag)
+    try:
+        result = tracked.run_and_wait(["python", "-c", DATALOADER], shm_size="1g")
+    finally:
+        tracked.remove()
     assert result.stdout.split()[0] == "True", result.stdout
 
 

@@ -51,3 +51,60 @@ def test_host_memory_copy_bandwidth():
     assert result["gbps"]["median"] == pytest.approx(2 * 64 * 1024**2 / result["seconds"]["median"] / 1e9)
     with pytest.raises(BenchInputError):
         run_memory(MemoryOptions(size_mib=0))
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_the_worker_flags_a_wrong_sum(monkeypatch, tmp_path):
+    """One in-process rank whose all-reduce corrupts one element: reported incorrect, no bandwidth."""
+    import json
+
+    import torch.distributed as dist
+
+    from envkit.bench import allreduce_worker
+
+    real_all_reduce = dist.all_reduce
+    calls = {"n": 0}
+
+    def corrupting_all_reduce(tensor, *args, **kwargs):
+        result = real_all_reduce(tensor, *args, **kwargs)
+        calls["n"] += 1
+        if calls["n"] == 1:  # the first call of the first size is the checked one
+            tensor[0] += 1.0
+        return result
+
+    monkeypatch.setattr(dist, "all_reduce", corrupting_all_reduce)
+    for key, value in {
+        "MASTER_ADDR": "127.0.0.1",
+        "MASTER_PORT": str(_free_port()),
+        "RANK": "0",
+        "WORLD_SIZE": "1",
+        "LOCAL_RANK": "0",
+        "GLOO_SOCKET_IFNAME": "lo",
+    }.items():
+        monkeypatch.setenv(key, value)
+    out = tmp_path / "rank0.json"
+    rc = allreduce_worker.main(
+        [
+            "--backend",
+            "gloo",
+            "--min-bytes",
+            "1024",
+            "--max-bytes",
+            "2048",
+            "--min-time",
+            "0",
+            "--out",
+            str(out),
+        ]
+    )
+    assert rc == 0
+    first, second = json.loads(out.read_text())["results"]
+    assert first["correct"] is False and first["algbw_gbps"] is None and first["busbw_gbps"] is None
+    assert second["correct"] is True and second["busbw_gbps"] == 0.0  # one rank moves nothing over a bus

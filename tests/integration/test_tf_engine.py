@@ -11,6 +11,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
@@ -211,6 +212,82 @@ def test_mirrored_strategy_over_two_logical_cpus_equals_one_device(tmp_path: Pat
     a, b = np.load(tmp_path / "mirrored.npz"), np.load(tmp_path / "single.npz")
     for name in a.files:
         np.testing.assert_allclose(a[name], b[name], rtol=1e-4, atol=1e-5, err_msg=name)
+
+
+MULTI_WORKER_SCRIPT = textwrap.dedent(
+    """
+    import json, sys
+    import numpy as np
+    from training.core.config import ModelConfig, TrainConfig
+    from training.engines.base import DistInfo, LMBatch, OptimSpec
+    from training.engines.tf_engine import TFEngine
+
+    dist = DistInfo.from_env()
+    model = ModelConfig(vocab_size=64, block_size=16, n_layer=1, n_head=2, n_embd=32, dropout=0.0)
+    data = np.random.default_rng(0).integers(1, 64, (2, 8, 17))  # 2 steps x 8 rows
+    engine = TFEngine(TrainConfig(model=model, seed=5), dist)
+    engine.build("lm", model, 0, None, OptimSpec(weight_decay=0.1))
+    engine.set_lr(3e-3)
+    losses = []
+    for step in range(2):
+        share = 8 // dist.world_size  # worker r trains on its own rows, as the loop's samplers give them
+        rows = data[step][share * dist.rank : share * (dist.rank + 1)]
+        losses.append(engine.train_step([LMBatch(rows[:, :-1], rows[:, 1:])], 1.0).loss)
+    reduced = engine.all_reduce_sum(np.array([dist.rank + 1.0]))
+    np.savez(f"{sys.argv[1]}/rank{dist.rank}-of{dist.world_size}.npz", **engine.export_weights())
+    print(json.dumps({"losses": losses, "strategy": type(engine.strategy).__name__,
+                      "replicas": engine.strategy.num_replicas_in_sync, "reduced": reduced.tolist()}))
+    """
+)
+
+
+@pytest.mark.slow
+def test_multi_worker_mirrored_strategy_from_tf_config(tmp_path: Path) -> None:
+    """Two worker processes on this host, joined by TF_CONFIG, train as one process on all rows."""
+    ports = []
+    for _ in range(2):
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            ports.append(sock.getsockname()[1])
+    cluster = {"worker": [f"127.0.0.1:{port}" for port in ports]}
+    procs = []
+    for index in range(2):
+        tf_config = json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}})
+        env = dict(subprocess_env(xla=False), TF_CONFIG=tf_config, RANK=str(index), WORLD_SIZE="2")
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, "-c", MULTI_WORKER_SCRIPT, str(tmp_path)],
+                cwd=ROOT,
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+        )
+    single = subprocess.run(
+        [sys.executable, "-c", MULTI_WORKER_SCRIPT, str(tmp_path)],
+        cwd=ROOT, env=subprocess_env(xla=False), capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    outs = []
+    for proc in procs:
+        try:
+            out, errors = proc.communicate(timeout=600)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+        assert proc.returncode == 0, errors[-3000:]
+        outs.append(json.loads(out.strip().splitlines()[-1]))
+    assert single.returncode == 0, single.stderr[-3000:]
+    for out in outs:
+        assert out["strategy"] == "CollectiveAllReduceStrategy" and out["replicas"] == 2
+        assert out["reduced"] == [3.0]  # 1 + 2: all_reduce_sum reaches every worker
+    np.testing.assert_allclose(
+        outs[0]["losses"], json.loads(single.stdout.strip().splitlines()[-1])["losses"], rtol=1e-5
+    )
+    w0, w1, one = (np.load(tmp_path / f"{name}.npz") for name in ("rank0-of2", "rank1-of2", "rank0-of1"))
+    for name in w0.files:
+        np.testing.assert_array_equal(w0[name], w1[name], err_msg=name)
+        np.testing.assert_allclose(w0[name], one[name], rtol=1e-4, atol=1e-5, err_msg=name)
 
 
 def _torch_engine_available() -> bool:

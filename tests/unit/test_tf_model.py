@@ -116,9 +116,11 @@ def reference_logits(
 # --- fixtures ---------------------------------------------------------------------------------------
 
 
-def make_engine(task: str, weights: dict[str, np.ndarray] | None, xla: bool = False) -> TFEngine:
+def make_engine(
+    task: str, weights: dict[str, np.ndarray] | None, xla: bool = False, dtype: str = "float32"
+) -> TFEngine:
     """An engine on CPU; XLA off unless asked (its compile time would dominate these small tests)."""
-    cfg = TrainConfig(model=ModelConfig(**CFG.__dict__), seed=1337)
+    cfg = TrainConfig(model=ModelConfig(**CFG.__dict__), seed=1337, dtype=dtype)
     previous = os.environ.get("ENVKIT_TF_XLA")
     os.environ["ENVKIT_TF_XLA"] = "1" if xla else "0"
     try:
@@ -322,6 +324,33 @@ def test_non_finite_loss_skips_the_update(
     after = engine.export_weights()
     for k in after:
         np.testing.assert_array_equal(after[k], poisoned[k], err_msg=k)
+
+
+@pytest.mark.parametrize(("dtype", "compute"), [("bf16", "bfloat16"), ("fp16", "float16")])
+def test_mixed_precision_trains_close_to_float32(
+    dtype: str,
+    compute: str,
+    lm_engines: tuple[TFEngine, TFEngine],
+    backbone: dict[str, np.ndarray],
+    tmp_path: Path,
+) -> None:
+    data = lm_rows(6)
+    batch = LMBatch(data[:, :-1], data[:, 1:])
+    reference = lm_engines[1]
+    reference.import_weights(backbone)
+    want = reference.eval_step(batch).loss_sum
+    engine = make_engine("lm", backbone, dtype=dtype)
+    assert engine.model.h[0].mlp.c_fc.compute_dtype == compute
+    assert engine.model.h[0].mlp.c_fc.kernel.dtype == "float32"  # master weights stay float32
+    assert engine.eval_step(batch).loss_sum == pytest.approx(want, rel=2e-2)
+    engine.set_lr(1e-3)
+    result = engine.train_step([batch], grad_clip=1.0)
+    assert not result.skipped and math.isfinite(result.loss)
+    engine.save_state(tmp_path)
+    from safetensors.numpy import load_file
+
+    state = load_file(str(tmp_path / "optimizer.safetensors"))
+    assert float(state["loss_scale"]) == (2.0**15 if dtype == "fp16" else 1.0)  # float16 only: loss scaling
 
 
 def test_dense_example_loss_falls() -> None:

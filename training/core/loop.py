@@ -236,7 +236,8 @@ def _pretrain(st: _Stage, on_step: StepHook | None) -> StageResult:
         metrics.update(manifest.get("metrics", {}))
         eng.load_state(path)
         start = int(manifest["cursor"]["step"])
-        best_val = float(manifest.get("best_val_loss", math.inf))
+        saved_best = manifest.get("best_val_loss")
+        best_val = math.inf if saved_best is None else float(saved_best)
         since_best = int(manifest.get("evals_since_best", 0))
         if manifest.get("status") in ("early_stopped",):
             return StageResult("pretrain", "completed", start, manifest.get("metrics", {}), str(path))
@@ -264,7 +265,7 @@ def _pretrain(st: _Stage, on_step: StepHook | None) -> StageResult:
         return {
             "step": step,
             "cursor": {"step": step},
-            "best_val_loss": best_val,
+            "best_val_loss": best_val if math.isfinite(best_val) else None,  # strict JSON: no Infinity
             "evals_since_best": since_best,
             "metrics": dict(metrics),
             **extra,
@@ -391,7 +392,7 @@ def _finetune(st: _Stage, on_step: StepHook | None) -> StageResult:
     source = None
     if path:
         weights = ckpt.load_weights(path)
-        source = str(path)
+        source = manifest.get("init_from") if manifest else None  # where the first run started from
     elif cfg.init == "pretrained":
         pre = pretrained_checkpoint(cfg)
         if pre is None:
