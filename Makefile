@@ -11,6 +11,8 @@ EXTRAS       ?= torch,tf,dev
 TORCH_INDEX  ?=
 PIP_EXTRA    := $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX),)
 ENGINE       ?= pytorch
+# auto: the GPUs where the backend sees them, else the CPU suite
+BENCH_DEVICE ?= auto
 PRESET       ?= tiny
 RUN_DIR      ?= runs/$(PRESET)-$(ENGINE)
 INVENTORY    ?= ansible/inventories/example
@@ -51,8 +53,8 @@ doctor: $(STAMP) ## Check this machine's stack (driver, GPUs, CUDA, frameworks, 
 	$(BIN)/envkit doctor --output results/doctor.json $(DOCTOR_ARGS)
 
 bench: $(STAMP) ## Quick CPU bench (matmul numpy/torch/TF, memory, gloo all-reduce), JSON + PNG under results/
-	$(BIN)/envkit bench matmul --preset quick --device cpu --backend numpy,torch,tensorflow --out results/bench-matmul.json --plot results/bench-matmul.png
-	$(BIN)/envkit bench memory --device cpu --out results/bench-memory.json
+	$(BIN)/envkit bench matmul --preset quick --device $(BENCH_DEVICE) --backend numpy,torch,tensorflow --out results/bench-matmul.json --plot results/bench-matmul.png
+	$(BIN)/envkit bench memory --device $(BENCH_DEVICE) --out results/bench-memory.json
 	$(BIN)/envkit bench allreduce --backend gloo --nproc 2 --max-size 16MiB --out results/bench-allreduce.json
 
 train: $(STAMP) ## The tiny cycle: prepare, pretrain, fine-tune, test (ENGINE=pytorch|tensorflow)

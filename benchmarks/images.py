@@ -83,6 +83,9 @@ def measure_rebuild(client: Any, row: ImageRow, builder: Any, wheelhouse: Path, 
     context = snapshot_context(work / f"context-{row.key}", wheelhouse)
     tag = f"envkit-images-bench/rebuild:{row.key}"
     try:
+        # The first build of a fresh context copy pays the context transfer (wheels
+        # included); the second changes nothing; the third follows a code-only change.
+        fresh = timed_build(row, context, tag, builder, work / f"{row.key}-fresh.log")
         warm = timed_build(row, context, tag, builder, work / f"{row.key}-warm.log")
         with (context / "envkit" / "__init__.py").open("a", encoding="utf-8") as fh:
             fh.write(f"# benchmark code-only change {uuid.uuid4().hex}\n")
@@ -95,7 +98,9 @@ def measure_rebuild(client: Any, row: ImageRow, builder: Any, wheelhouse: Path, 
     changed = sum(1 for a, b in zip(before, after, strict=False) if a != b) + abs(len(after) - len(before))
     return {
         "image": row.key,
+        "fresh_context_build_s": fresh["seconds"],
         "no_change_rebuild_s": warm["seconds"],
+        "code_change_steps_cached": f"{code['cached_steps']}/{code['steps']}",
         "code_change_rebuild_s": code["seconds"],
         "code_change_layers_changed": changed,
         "layers": len(after),

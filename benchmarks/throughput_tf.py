@@ -14,6 +14,7 @@ import argparse
 import json
 import os
 import platform
+import resource
 import sys
 import time
 from collections.abc import Callable
@@ -46,13 +47,13 @@ def _engine_contender(model_cfg: Any, lr: float, seed: int, threads: int, xla: b
         engine.build("lm", model, 0, None, OptimSpec(weight_decay=0.1))
         engine.set_lr(lr)
         losses = []
-        t0 = 0.0
+        t0 = c0 = 0.0
         for i, (x, y) in enumerate(batches):
             if i == warmup:
-                t0 = time.perf_counter()
+                t0, c0 = time.perf_counter(), process_cpu_seconds()
             losses.append(engine.train_step([LMBatch(x, y)], grad_clip=1.0).loss)  # float(): synchronises
-        seconds = time.perf_counter() - t0
-        return _result(batches, warmup, seconds, losses, engine.jit_compile)
+        seconds, cpu = time.perf_counter() - t0, process_cpu_seconds() - c0
+        return _result(batches, warmup, seconds, cpu, losses, engine.jit_compile)
 
     return run
 
@@ -91,16 +92,24 @@ def _keras_fit_contender(model_cfg: Any, lr: float, seed: int, xla: bool | str) 
             return tf.data.Dataset.from_tensor_slices((xs[lo:hi], ys[lo:hi]))
 
         warm = model.fit(dataset(0, warmup), epochs=1, verbose=0)
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), process_cpu_seconds()
         timed = model.fit(dataset(warmup, len(batches)), epochs=1, verbose=0)
-        seconds = time.perf_counter() - t0
+        seconds, cpu = time.perf_counter() - t0, process_cpu_seconds() - c0
         losses = warm.history["loss"] + timed.history["loss"]  # per-epoch means (fit's own logging)
-        return _result(batches, warmup, seconds, losses, bool(model.jit_compile))
+        return _result(batches, warmup, seconds, cpu, losses, bool(model.jit_compile))
 
     return run
 
 
-def _result(batches: Batches, warmup: int, seconds: float, losses: list[float], xla: bool) -> dict[str, Any]:
+def process_cpu_seconds() -> float:
+    """User + system CPU time of this process (all threads): steadier than wall time on a shared machine."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _result(
+    batches: Batches, warmup: int, seconds: float, cpu_seconds: float, losses: list[float], xla: bool
+) -> dict[str, Any]:
     timed = batches[warmup:]
     tokens = sum(int(x.size) for x, _ in timed)
     return {
@@ -108,6 +117,8 @@ def _result(batches: Batches, warmup: int, seconds: float, losses: list[float], 
         "tokens": tokens,
         "seconds": seconds,
         "tokens_per_s": tokens / seconds if seconds > 0 else None,
+        "cpu_seconds": cpu_seconds,
+        "tokens_per_cpu_s": tokens / cpu_seconds if cpu_seconds > 0 else None,
         "loss_first": float(losses[0]),
         "loss_last": float(losses[-1]),
         "xla": xla,
@@ -122,8 +133,9 @@ def contenders(model: Any, lr: float = 3e-4, seed: int = 0, threads: int = 0) ->
     shape, seeded), trains one optimizer step per `(x, y)` batch in `batches`
     (int64 [B, T] ids and next-token targets, the same list for every contender),
     leaves the first `warmup` steps untimed (tracing, XLA compilation), and
-    returns `steps`, `tokens`, `seconds`, `tokens_per_s` of the timed steps plus
-    `loss_first`/`loss_last` and whether XLA was on. Contenders:
+    returns `steps`, `tokens`, `seconds`, `tokens_per_s` of the timed steps, the
+    process CPU time `cpu_seconds`/`tokens_per_cpu_s` (steadier on a shared
+    machine), `loss_first`/`loss_last` and whether XLA was on. Contenders:
 
     - `tensorflow-engine`: the TF engine exactly as training runs it (`train_step`,
       XLA on by default);

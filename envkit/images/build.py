@@ -361,7 +361,7 @@ def _step_title(line: str, kind: str) -> tuple[str, str] | None:
     ident, _, rest = line.partition(" ")
     if rest == "CACHED":
         return ident, "CACHED"
-    if rest.startswith("[") and "]" in rest:
+    if rest.startswith("[") and "]" in rest and not rest.startswith("[internal]"):
         return ident, rest
     return None
 

@@ -114,7 +114,9 @@ def test_sources_use_signed_by_keyrings_and_legacy_entries_are_gone(target_host)
 
 
 def test_driver_packages_are_real_debian_ones_and_held(target_host) -> None:
-    held = target_host.check_output("dpkg --get-selections | awk '$2 == \"hold\" {print $1}'").split()
+    # Multi-Arch: same packages (libcuda1) are listed as name:arch.
+    selections = target_host.check_output("dpkg --get-selections | awk '$2 == \"hold\" {print $1}'")
+    held = [name.split(":")[0] for name in selections.split()]
     for pkg in DRIVER_PACKAGES:
         assert target_host.package(pkg).is_installed, pkg
         assert pkg in held, f"{pkg} not held"

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from envkit.matrix import version_tuple
-from tests.containers.conftest import BuiltImage
+from tests.containers.conftest import CPU_IMAGES, BuiltImage
 from tests.containers.tracked_container import TrackedContainer
 
 pytestmark = pytest.mark.container
@@ -199,21 +199,34 @@ def test_envkit_doctor_json_reports_the_cpu_build(container, cpu_image: BuiltIma
 
 
 @pytest.mark.slow
-def test_tiny_train_cycle_writes_its_report_to_the_bind_mounted_workspace(
-    container, cpu_image: BuiltImage, tmp_path: Path
+def test_tiny_train_cycle_in_each_image_writes_its_report_to_the_bind_mounted_workspace(
+    docker_client, build_cpu_image, tmp_path: Path
 ):
-    workspace = tmp_path / "workspace"
-    workspace.mkdir()
-    os.chown(workspace, 1000, 1000)  # the image's user writes here, as on a real host
-    engine = cpu_image.row.framework
-    container.run_and_wait(
-        ["envkit", "train", "cycle", "--preset", "tiny", f"engine={engine}", "run_dir=/workspace/run"],
-        timeout=900,
-        volumes={str(workspace): {"bind": "/workspace", "mode": "rw"}},
-        healthcheck={"test": ["NONE"]},  # the cycle is measured here, not the periodic doctor
-    )
-    report = json.loads((workspace / "run" / "report.json").read_text(encoding="utf-8"))
-    assert report["cycle"]["status"] == "completed"
-    assert {"prepare", "pretrain", "finetune", "test"} <= set(report)
-    assert report["summary"]["engine"] == engine
-    assert (workspace / "run").stat().st_uid == 1000
+    # Both cycles run at once: the tiny preset uses one thread, and the machine has two cores.
+    runs = {}
+    for name in CPU_IMAGES:
+        built = build_cpu_image(name)
+        workspace = tmp_path / name
+        workspace.mkdir()
+        os.chown(workspace, 1000, 1000)  # the image's user writes here, as on a real host
+        tracked = TrackedContainer(docker_client, built.tag)
+        engine = built.row.framework
+        started = tracked.start(
+            ["envkit", "train", "cycle", "--preset", "tiny", f"engine={engine}", "run_dir=/workspace/run"],
+            shm_size="1g",
+            volumes={str(workspace): {"bind": "/workspace", "mode": "rw"}},
+            healthcheck={"test": ["NONE"]},  # the cycle is measured here, not the periodic doctor
+        )
+        runs[name] = (tracked, started, workspace, engine)
+    try:
+        for name, (tracked, started, workspace, engine) in runs.items():
+            result = tracked.wait(started, timeout=1200)
+            assert result.exit_code == 0, f"{name}: exit {result.exit_code}\n{result.stderr[-3000:]}"
+            report = json.loads((workspace / "run" / "report.json").read_text(encoding="utf-8"))
+            assert report["cycle"]["status"] == "completed"
+            assert {"prepare", "pretrain", "finetune", "test"} <= set(report)
+            assert report["summary"]["engine"] == engine
+            assert (workspace / "run").stat().st_uid == 1000
+    finally:
+        for tracked, *_ in runs.values():
+            tracked.remove()

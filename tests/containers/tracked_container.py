@@ -28,17 +28,25 @@ class TrackedContainer:
     default_kwargs: dict[str, Any] = field(default_factory=dict)
     _containers: list[Any] = field(default_factory=list)
 
-    def run(self, command: list[str] | str, timeout: int = 300, **kwargs: Any) -> Result:
-        """Run `command` to completion (no exit-code check)."""
+    def start(self, command: list[str] | str, **kwargs: Any) -> Any:
+        """Start `command` in the background; `wait` collects it."""
         opts = {**self.default_kwargs, **kwargs}
         container = self.client.containers.run(self.image, command, detach=True, **opts)
         self._containers.append(container)
+        return container
+
+    @staticmethod
+    def wait(container: Any, timeout: int = 300) -> Result:
         status = container.wait(timeout=timeout)
         return Result(
             int(status["StatusCode"]),
             container.logs(stdout=True, stderr=False).decode("utf-8", "replace"),
             container.logs(stdout=False, stderr=True).decode("utf-8", "replace"),
         )
+
+    def run(self, command: list[str] | str, timeout: int = 300, **kwargs: Any) -> Result:
+        """Run `command` to completion (no exit-code check)."""
+        return self.wait(self.start(command, **kwargs), timeout=timeout)
 
     def run_and_wait(self, command: list[str] | str, timeout: int = 300, **kwargs: Any) -> Result:
         """Run `command` and fail the test, with its output, unless it exits 0."""

@@ -151,6 +151,13 @@ class _Stage:
             return None, None
         manifest = ckpt.read_manifest(path)
         _check_resume(path, manifest, self.cfg, self.dist, self.stage)
+        if manifest.get("engine") != self.engine.name:
+            raise ResumeError(
+                f"checkpoint {path} was written by engine {manifest.get('engine')!r}; its optimizer state "
+                f"cannot continue in {self.engine.name!r}; resume with engine={manifest.get('engine')} or "
+                "restart the stage with resume=never (weights still move: the next stage and `test` "
+                "read them in either engine)"
+            )
         return path, manifest
 
     def save(self, name: str, manifest: dict[str, Any]) -> Path | None:

@@ -8,8 +8,9 @@ is applied once to the mirrored weights. The loss of a micro-batch is its sum
 over all replicas divided by its global row (or token) count, so every replica
 layout computes the same mean as one device would.
 
-The per-micro-batch forward/backward is XLA-compiled (`jit_compile`) on GPUs
-and when `compile=true`; `benchmarks/throughput_tf.py` measures it on CPU.
+The per-micro-batch forward/backward is XLA-compiled (`jit_compile`) unless
+`ENVKIT_TF_XLA=0`; `benchmarks/throughput_tf.py` measures both against plain
+Keras `model.fit`.
 """
 
 from __future__ import annotations
@@ -146,9 +147,9 @@ class TFEngine(Engine):
         self.workers = cluster[1] if cluster else 1
         self.local_replicas = self.strategy.num_replicas_in_sync // self.workers
         self.dtype = self._choose_dtype()
-        # XLA fuses the many small ops of a small model's step: measured 1.8-2.3x the tokens/s
-        # of the plain graph on this 2-core CPU (benchmarks/throughput_tf.py), and the usual win
-        # on GPUs. ENVKIT_TF_XLA=0 turns it off (for an op XLA cannot compile).
+        # XLA fuses the many small ops of a small model's step: about 1.4x the tokens/s of the
+        # plain graph on the 2-core CPU (benchmarks/throughput_tf.py), and the usual win on
+        # GPUs. ENVKIT_TF_XLA=0 turns it off (for an op XLA cannot compile).
         self.jit_compile = os.environ.get("ENVKIT_TF_XLA", "1") != "0" or cfg.compile
         self.model: Any = None
         self.task: Task = "lm"
