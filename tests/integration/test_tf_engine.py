@@ -253,7 +253,9 @@ def test_multi_worker_mirrored_strategy_from_tf_config(tmp_path: Path) -> None:
     procs = []
     for index in range(2):
         tf_config = json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}})
-        env = dict(subprocess_env(xla=False), TF_CONFIG=tf_config, RANK=str(index), WORLD_SIZE="2")
+        env = dict(subprocess_env(xla=False), TF_CONFIG=tf_config)  # DistInfo reads rank/world from it
+        for torchrun_key in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
+            env.pop(torchrun_key, None)
         procs.append(
             subprocess.Popen(
                 [sys.executable, "-c", MULTI_WORKER_SCRIPT, str(tmp_path)],

@@ -308,3 +308,15 @@ def test_early_stopping_keeps_the_best_checkpoint(prepared, tmp_path):
     assert last["step"] == 6 and last["status"] == "early_stopped"
     # rerunning with resume=auto does not train past an early stop
     assert loop.pretrain(_cfg(run, "lr=0", "max_steps=40", "eval_every=2", "patience=2")).step == 6
+
+
+def test_resume_refuses_another_engines_optimizer_state(prepared, tmp_path):
+    run = _copy_prepared(prepared, tmp_path / "run")
+    loop.pretrain(_cfg(run, "max_steps=4"))
+    manifest_path = run / "checkpoints" / "last" / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    manifest["engine"] = "tensorflow"  # as if the TF engine had written this checkpoint
+    manifest_path.write_text(json.dumps(manifest))
+    with pytest.raises(loop.ResumeError, match=r"written by engine 'tensorflow'.*resume=never"):
+        loop.pretrain(_cfg(run, "max_steps=8"))
+    assert loop.pretrain(_cfg(run, "max_steps=8", "resume=never")).status == "completed"

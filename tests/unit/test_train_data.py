@@ -214,3 +214,17 @@ def test_trim_padding_drops_only_all_pad_columns():
     assert trim_padding(np.ones((2, 4), np.int64), pad_id=1, multiple=1).shape == (2, 1)
     assert trim_padding(np.full((3, 48), 1), pad_id=1).shape == (3, 16)  # default: multiples of 16
     assert trim_padding(ids, pad_id=None) is ids
+
+
+def test_dist_info_from_torchrun_or_tf_config(monkeypatch):
+    from training.engines.base import DistInfo
+
+    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "TF_CONFIG"):
+        monkeypatch.delenv(key, raising=False)
+    assert DistInfo.from_env() == DistInfo(0, 1, 0)
+    cluster = {"cluster": {"worker": ["h0:1", "h1:1", "h2:1"]}, "task": {"type": "worker", "index": 2}}
+    monkeypatch.setenv("TF_CONFIG", json.dumps(cluster))
+    assert DistInfo.from_env() == DistInfo(rank=2, world_size=3)
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    assert DistInfo.from_env() == DistInfo(rank=1, world_size=4)  # torchrun's variables win

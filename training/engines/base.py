@@ -39,6 +39,7 @@ distributed raises `EngineError` in `__init__` when `dist.world_size > 1`.
 
 from __future__ import annotations
 
+import json
 import os
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
@@ -71,6 +72,15 @@ class DistInfo:
 
     @classmethod
     def from_env(cls) -> DistInfo:
+        """torchrun's RANK/WORLD_SIZE/LOCAL_RANK; else a TF_CONFIG worker index/count; else one process."""
+        if "RANK" not in os.environ and os.environ.get("TF_CONFIG"):
+            try:
+                spec = json.loads(os.environ["TF_CONFIG"])
+                workers = spec.get("cluster", {}).get("worker", [])
+                if workers:
+                    return cls(rank=int(spec.get("task", {}).get("index", 0)), world_size=len(workers))
+            except (ValueError, AttributeError, TypeError):
+                pass  # the TensorFlow engine reports a malformed TF_CONFIG with its own message
         return cls(
             rank=int(os.environ.get("RANK", "0")),
             world_size=int(os.environ.get("WORLD_SIZE", "1")),
