@@ -74,9 +74,9 @@ def _guarded(fn, *args: Any) -> Any:
 
 
 def _is_main() -> bool:
-    import os
+    from training.engines.base import DistInfo
 
-    return os.environ.get("RANK", "0") == "0"
+    return DistInfo.from_env().is_main  # torchrun's RANK or TF_CONFIG's worker index
 
 
 def _emit(data: dict[str, Any], as_json: bool, render) -> None:
@@ -215,6 +215,22 @@ def cycle_cmd(
     _emit(report, as_json, render_report)
     if report.get("cycle", {}).get("status") == "preempted" and _is_main():
         err.print("cycle preempted: checkpoint saved; rerun the same command to resume")
+
+
+@app.command("example")
+def example_cmd(
+    name: str = typer.Argument(
+        ..., help="Which example: dense (Y = relu(WX + b) trained by Adam, TensorFlow 2)."
+    ),
+    steps: int = typer.Option(300, min=1, help="Training steps."),
+    every: int = typer.Option(25, min=1, help="Print the loss every N steps."),
+) -> None:
+    """Small, correct framework examples (dense: the classic first TensorFlow network, in TF2)."""
+    if name != "dense":
+        _fail(f"unknown example {name!r}; available: dense")
+    from training.examples.dense import main as dense_main
+
+    raise typer.Exit(dense_main(["--steps", str(steps), "--every", str(every)]))
 
 
 @app.command("presets")

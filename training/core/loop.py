@@ -248,19 +248,22 @@ def _pretrain(st: _Stage, on_step: StepHook | None) -> StageResult:
         since_best = int(manifest.get("evals_since_best", 0))
         if manifest.get("status") in ("early_stopped",):
             return StageResult("pretrain", "completed", start, manifest.get("metrics", {}), str(path))
+    rows = cfg.batch_size * eng.local_replicas  # batch_size is per replica
     sampler = LMSampler(
-        st.data.lm_shards("train"), cfg.model.block_size, cfg.batch_size, cfg.seed, dist.rank, dist.world_size
+        st.data.lm_shards("train"), cfg.model.block_size, rows, cfg.seed, dist.rank, dist.world_size
     )
     val_batches = lm_eval_batches(
         st.data.lm_shards("val"),
         cfg.model.block_size,
-        cfg.batch_size,
+        rows,
         cfg.eval_batches,
         dist.rank,
         dist.world_size,
     )
     fpt = flops_per_token(cfg.model, eng.num_params())
-    tokens_per_step = cfg.batch_size * cfg.grad_accum * cfg.model.block_size * dist.world_size
+    tokens_per_step = rows * cfg.grad_accum * cfg.model.block_size * dist.world_size
+    # Under fp16 an overflowing step is routine: the grad scaler skips it and backs off.
+    grad_overflow_ok = eng.device_info().dtype == "fp16"
     prog = StageProgress("pretrain", cfg.max_steps, start, cfg.progress, dist.is_main)
     if start:
         prog.log(f"pretrain: resumed from {path} at step {start}")
@@ -289,7 +292,11 @@ def _pretrain(st: _Stage, on_step: StepHook | None) -> StageResult:
                 dt = time.perf_counter() - t0
                 done = final_step = step + 1
                 loss = st.reduce_mean(res.loss)
-                if res.skipped or not math.isfinite(loss) or not math.isfinite(res.grad_norm):
+                if (
+                    res.skipped
+                    or not math.isfinite(loss)
+                    or (not grad_overflow_ok and not math.isfinite(res.grad_norm))
+                ):
                     raise TrainingDiverged(
                         f"pretrain: loss became {loss} (grad norm {res.grad_norm}) at step {done}; stopped "
                         f"without saving; the last good checkpoint is {last_path or 'none yet'}; "
@@ -420,7 +427,8 @@ def _finetune(st: _Stage, on_step: StepHook | None) -> StageResult:
     eng.build("cls", cfg.model, st.data.pad_id, weights, OptimSpec(cfg.ft_weight_decay, cfg.beta1, cfg.beta2))
     train_ids, train_labels = st.data.cls_split("train")
     val_ids, val_labels = st.data.cls_split("val")
-    sampler = ClsEpochSampler(len(train_labels), cfg.ft_batch_size, cfg.seed, dist.rank, dist.world_size)
+    ft_rows = cfg.ft_batch_size * eng.local_replicas  # ft_batch_size is per replica
+    sampler = ClsEpochSampler(len(train_labels), ft_rows, cfg.seed, dist.rank, dist.world_size)
     bpe = sampler.batches_per_epoch
     if cfg.ft_steps_per_epoch:
         bpe = min(bpe, cfg.ft_steps_per_epoch)  # each epoch still draws a fresh permutation

@@ -147,6 +147,10 @@ class Engine(ABC):
     """One framework's model, optimizer and state. See the module docstring."""
 
     name: ClassVar[str]
+    # Model replicas this process drives (tf.distribute over several local devices).
+    # The loop samples batch_size rows per replica, so the global batch is
+    # batch_size x local_replicas x world_size. One for PyTorch (one rank per device).
+    local_replicas: int = 1
 
     def __init__(self, cfg: TrainConfig, dist: DistInfo) -> None:
         self.cfg = cfg

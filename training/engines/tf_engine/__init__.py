@@ -10,6 +10,6 @@ import os
 # an explicit TF_CPP_MIN_LOG_LEVEL from the user still wins.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from training.engines.tf_engine.engine import TFEngine, dist_from_tf_config
+from training.engines.tf_engine.engine import TFEngine
 
-__all__ = ["TFEngine", "dist_from_tf_config"]
+__all__ = ["TFEngine"]

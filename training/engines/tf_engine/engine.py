@@ -63,15 +63,6 @@ def tf_config_workers() -> tuple[int, int] | None:
     return int(task.get("index", 0)), len(workers)
 
 
-def dist_from_tf_config() -> DistInfo | None:
-    """This process's DistInfo when launched as a `TF_CONFIG` worker (rank = worker index)."""
-    found = tf_config_workers()
-    if found is None:
-        return None
-    index, count = found
-    return DistInfo(rank=index, world_size=count, local_rank=0)
-
-
 def _configure_devices(cfg: TrainConfig) -> None:
     """Threads and visible devices; only takes effect before TensorFlow starts its runtime."""
     import tensorflow as tf
