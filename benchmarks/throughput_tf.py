@@ -162,15 +162,6 @@ def contenders(model: Any, lr: float = 3e-4, seed: int = 0, threads: int = 0) ->
     }
 
 
-def random_batches(vocab: int, batch: int, block: int, n: int, seed: int = 0) -> Batches:
-    rng = np.random.default_rng(seed)
-    out = []
-    for _ in range(n):
-        window = rng.integers(0, vocab, size=(batch, block + 1), dtype=np.int64)
-        out.append((window[:, :-1], window[:, 1:]))
-    return out
-
-
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -187,6 +178,8 @@ def main(argv: list[str] | None = None) -> int:
 
     cfg = resolve_config(args.preset, None, [])
     batch = args.batch_size or cfg.batch_size
+    from throughput import random_batches  # the same batches as the combined run (benchmarks/ is on sys.path)
+
     batches = random_batches(cfg.model.vocab_size, batch, cfg.model.block_size, args.warmup + args.steps)
     results: dict[str, Any] = {}
     for name, run in contenders(cfg.model, lr=cfg.lr, seed=cfg.seed, threads=args.threads).items():
