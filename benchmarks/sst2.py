@@ -47,9 +47,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", default=str(DATA), help="the shared data folder (sst2/, wikitext-2/)")
     parser.add_argument("--run-root", default="runs/sst2")
-    parser.add_argument("--pretrain-steps", type=int, default=1500)
-    parser.add_argument("--ft-epochs", type=int, default=2)
-    parser.add_argument("--ft-steps-per-epoch", type=int, default=0, help="0 = the whole train split")
+    parser.add_argument("--pretrain-steps", type=int, default=1200)
+    parser.add_argument("--ft-epochs", type=int, default=1)
+    parser.add_argument("--ft-steps-per-epoch", type=int, default=700, help="0 = the whole train split")
     parser.add_argument(
         "--keep", action="store_true", help="keep runs/sst2: finished stages are reused (resume=auto)"
     )
