@@ -127,6 +127,16 @@ def random_batches(vocab: int, batch: int, block: int, n: int, seed: int = 0) ->
     return out
 
 
+def write_results(out: dict[str, Any], dest: str, ratios: dict[str, float]) -> None:
+    """Write the JSON document and print the ratios (shared with throughput_tf.py)."""
+    path = Path(dest)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(out, indent=2) + "\n")
+    for name, value in ratios.items():
+        print(f"{name}: {value:.2f}")
+    print(f"wrote {path}")
+
+
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -187,12 +197,7 @@ def main(argv: list[str] | None = None) -> int:
         "results": rounds,
         "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
-    path = Path(args.out)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(out, indent=2) + "\n")
-    for name, value in ratios.items():
-        print(f"{name}: {value:.2f}")
-    print(f"wrote {path}")
+    write_results(out, args.out, ratios)
     return 0
 
 

@@ -11,7 +11,6 @@ benchmarks just the TensorFlow side on random token batches:
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import resource
@@ -178,7 +177,10 @@ def main(argv: list[str] | None = None) -> int:
 
     cfg = resolve_config(args.preset, None, [])
     batch = args.batch_size or cfg.batch_size
-    from throughput import random_batches  # the same batches as the combined run (benchmarks/ is on sys.path)
+    from throughput import (  # the same batches as the combined run (benchmarks/ is on sys.path)
+        random_batches,
+        write_results,
+    )
 
     batches = random_batches(cfg.model.vocab_size, batch, cfg.model.block_size, args.warmup + args.steps)
     results: dict[str, Any] = {}
@@ -214,12 +216,7 @@ def main(argv: list[str] | None = None) -> int:
         "ratios": ratios,
         "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
-    path = Path(args.out)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(out, indent=2) + "\n")
-    for name, value in ratios.items():
-        print(f"{name}: {value:.2f}")
-    print(f"wrote {path}")
+    write_results(out, args.out, ratios)
     return 0
 
 
