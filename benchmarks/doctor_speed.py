@@ -20,10 +20,11 @@ import resource
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from datetime import UTC, datetime
 from pathlib import Path
+
+from envkit.atomic import atomic_write_json
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -53,15 +54,6 @@ def time_once(cmd: list[str]) -> tuple[float, float, int, str]:
     cpu0, start = _children_cpu(), time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=600)
     return time.perf_counter() - start, _children_cpu() - cpu0, proc.returncode, proc.stdout
-
-
-def write_json(path: Path, data: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w") as fh:
-        json.dump(data, fh, indent=2)
-        fh.write("\n")
-    os.replace(tmp, path)
 
 
 def main() -> int:
@@ -141,7 +133,7 @@ def main() -> int:
         "doctor_median_under_target": medians["envkit doctor --json"] < 5.0,
         "doctor_internal": doctor_internal,
     }
-    write_json(args.out, result)
+    atomic_write_json(args.out, result)
     for name in cmds:
         print(f"{name:42s} median {medians[name]:6.2f} s", file=sys.stderr)
     ratio = result["ratio_doctor_to_collect_env"]

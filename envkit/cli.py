@@ -15,6 +15,7 @@ import typer
 from typer.core import TyperGroup
 
 from envkit import __version__
+from envkit.accept.cli import accept as accept_command
 from envkit.bench.cli import app as bench_app
 from envkit.cli_support import EnvkitGroup, make_app
 from envkit.doctor.cli import doctor as doctor_command
@@ -84,6 +85,7 @@ def root(
 
 
 app.command(name="doctor")(doctor_command)
+app.command(name="accept")(accept_command)
 app.add_typer(bench_app, name="bench")
 app.add_typer(images_app, name="images")
 app.add_typer(matrix_app, name="matrix")

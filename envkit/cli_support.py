@@ -19,12 +19,12 @@ import os
 import sys
 from collections.abc import Callable, Iterable, Sequence
 from enum import IntEnum
-from functools import lru_cache
 from pathlib import Path
 from typing import Any, NoReturn
 
 import typer
 from rich.console import Console
+from typer._click.exceptions import NoArgsIsHelpError
 from typer.core import TyperGroup
 
 from envkit.atomic import atomic_write_text
@@ -77,6 +77,11 @@ class EnvkitGroup(TyperGroup):
         standalone = kwargs.pop("standalone_mode", True)
         try:
             rv = super().main(args, *pargs, standalone_mode=False, **kwargs)
+        except NoArgsIsHelpError as exc:  # a bare group: its help (already shown by Rich), no error line
+            text = exc.format_message()
+            if text.strip():
+                sys.stderr.write(text.rstrip("\n") + "\n")
+            code = ExitCode.USAGE
         except UsageError as exc:
             print_error(exc)
             code = ExitCode.USAGE
@@ -113,11 +118,13 @@ def split_list(
     *,
     aliases: dict[str, str] | None = None,
     lower: bool = True,
+    what: str = "value",
 ) -> list[str]:
     """'--x a --x b,c' -> ['a', 'b', 'c'] (order kept, duplicates dropped).
 
-    With `choices`, an unknown value is a UsageError naming the flag and the choices;
-    `aliases` maps accepted older spellings onto choices first.
+    With `choices`, an unknown value is a UsageError naming the flag, the value (called
+    `what`: "area", "backend") and the choices; `aliases` maps accepted older spellings
+    onto choices first.
     """
     if values is None:
         return []
@@ -137,15 +144,42 @@ def split_list(
         allowed = list(choices)
         unknown = [name for name in seen if name not in allowed]
         if unknown:
-            raise UsageError(f"{flag}: unknown value {', '.join(unknown)}; choose from {', '.join(allowed)}")
+            raise UsageError(f"{flag}: unknown {what} {', '.join(unknown)}; choose from {', '.join(allowed)}")
     return seen
 
 
-@lru_cache(maxsize=2)
+PIPED_WIDTH = 160
+
+
 def console(stderr: bool = False) -> Console:
-    """The shared Rich console (stdout or stderr); honours COLUMNS, no syntax highlighting."""
+    """The Rich console every command prints through (stdout or stderr), no syntax highlighting.
+
+    Width: COLUMNS if set, the terminal's when there is one, else 160 columns, so that
+    tables piped into make or a CI log are not wrapped at Rich's default of 80. Built on
+    each call: the stream (and whether it is a terminal) may change between commands.
+    """
+    stream = sys.stderr if stderr else sys.stdout
     width = os.environ.get("COLUMNS")
-    return Console(stderr=stderr, highlight=False, width=int(width) if width and width.isdigit() else None)
+    if width and width.isdigit():
+        columns: int | None = int(width)
+    else:
+        isatty = getattr(stream, "isatty", None)
+        columns = None if isatty is not None and isatty() else PIPED_WIDTH
+    return Console(stderr=stderr, highlight=False, width=columns)
+
+
+def json_default(value: Any) -> Any:
+    """JSON for the values result documents carry besides plain ones: numpy scalars, paths."""
+    if hasattr(value, "item"):  # numpy / torch scalars
+        return value.item()
+    if isinstance(value, Path):
+        return str(value)
+    return str(value)  # a stray bytes or ctypes value must not lose the whole document
+
+
+def to_json(doc: Any) -> str:
+    """`doc` as indented JSON (no trailing newline), the form --json and --out share."""
+    return json.dumps(doc, indent=2, default=json_default)
 
 
 def check_output_path(path: Path | None, flag: str) -> None:
@@ -166,7 +200,7 @@ def check_output_path(path: Path | None, flag: str) -> None:
 def write_output(path: Path, doc: Any, flag: str = "--out") -> None:
     """Write `doc` as JSON to `path` atomically; an unwritable path is a usage error."""
     try:
-        atomic_write_text(path, json.dumps(doc, indent=2, default=str) + "\n")
+        atomic_write_text(path, to_json(doc) + "\n")
     except OSError as exc:
         raise UsageError(f"{flag} {path}: cannot write ({exc.strerror}); choose another path") from None
 
@@ -183,7 +217,7 @@ def emit(
     if out is not None:
         write_output(out, doc, out_flag)
     if as_json or render is None:
-        typer.echo(json.dumps(doc, indent=2, default=str))
+        typer.echo(to_json(doc))
     else:
         render(console())
 

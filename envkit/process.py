@@ -7,6 +7,11 @@ new session (its own process group), output is read by threads, the deadline is
 kept by the caller's thread, and on timeout or Ctrl-C the group gets SIGTERM, then
 SIGKILL after a grace period. When the leader exits on its own, stragglers left in
 its group are killed too, so nothing of a finished run survives it.
+
+A KeyboardInterrupt reaches only the main thread: a run_process waiting in a
+worker thread (doctor runs its framework probes in a pool) is not interrupted
+and its child, in a session of its own, did not see the terminal's Ctrl-C. The
+main thread calls `kill_live_groups()` then, which ends every child still running.
 """
 
 from __future__ import annotations
@@ -93,6 +98,25 @@ def kill_group(proc: subprocess.Popen[str], grace_s: float = 5.0) -> None:
         proc.wait(timeout=grace_s)
 
 
+# Children of run_process still running, from any thread (see kill_live_groups).
+_LIVE: set[subprocess.Popen[str]] = set()
+_LIVE_LOCK = threading.Lock()
+
+
+def live_groups() -> list[int]:
+    """Process-group ids of the run_process children running now (one per call in flight)."""
+    with _LIVE_LOCK:
+        return [proc.pid for proc in _LIVE]
+
+
+def kill_live_groups() -> None:
+    """SIGKILL the whole group of every run_process child still running (Ctrl-C in the main thread)."""
+    with _LIVE_LOCK:
+        live = list(_LIVE)
+    for proc in live:
+        _signal_group(proc.pid, signal.SIGKILL)
+
+
 def _pump(stream, sink: list[str], on_line: Callable[[str], None] | None) -> None:
     for line in iter(stream.readline, ""):
         sink.append(line)
@@ -131,6 +155,8 @@ def run_process(
         cwd=Path(cwd) if cwd is not None else None,
         start_new_session=True,
     )
+    with _LIVE_LOCK:
+        _LIVE.add(proc)
     out: list[str] = []
     err: list[str] = []
     readers = [threading.Thread(target=_pump, args=(proc.stdout, out, on_line), daemon=True)]
@@ -159,6 +185,8 @@ def run_process(
         kill_group(proc, grace_s)
         raise
     finally:
+        with _LIVE_LOCK:
+            _LIVE.discard(proc)
         for reader in readers:
             reader.join(timeout=grace_s)
     return ProcessResult(

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 import tempfile
 from collections.abc import Callable
@@ -19,6 +18,8 @@ from typing import Any
 from envkit.bench.errors import BenchInputError
 from envkit.bench.report import new_document
 from envkit.bench.stats import busbw_factor
+from envkit.process import run_process
+from envkit.vocab import Status
 
 KIB, MIB, GIB = 1024, 1024**2, 1024**3
 
@@ -98,7 +99,7 @@ def run_allreduce(
     )
     import torch
 
-    doc["context"]["torch"] = {
+    doc["context"]["pytorch"] = {
         "torch": torch.__version__,
         "cuda": torch.version.cuda,
         "nccl": _nccl_version() if backend == "nccl" else None,
@@ -130,37 +131,52 @@ def run_allreduce(
             if Path("/sys/class/net/lo").exists():
                 # one host: loopback always works, whereas the hostname may not resolve in a container
                 env.setdefault("GLOO_SOCKET_IFNAME", "lo")
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
-        log: list[str] = []
+
+        def on_line(line: str) -> None:
+            if on_progress and line.startswith("allreduce "):
+                on_progress(line.strip())
+
+        # run_process keeps the deadline itself and kills torchrun's whole process group
+        # (launcher and every rank) on timeout or Ctrl-C: a hung rank cannot hang the CLI.
         try:
-            assert proc.stdout is not None
-            for line in proc.stdout:
-                log.append(line.rstrip())
-                if on_progress and line.startswith("allreduce "):
-                    on_progress(line.strip())
-            rc = proc.wait(timeout=options.timeout_s)
+            result = run_process(
+                cmd, timeout_s=options.timeout_s, env=env, on_line=on_line, merge_stderr=True
+            )
         except KeyboardInterrupt:
-            proc.terminate()
-            proc.wait(timeout=30)
             doc["interrupted"] = True
-            rc = 0
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            rc = -9
-            log.append(f"torchrun did not finish within {options.timeout_s:.0f} s")
+            result = None
+        log = result.stdout.splitlines() if result is not None else []
+        if result is None:
+            rc: int | None = 0
+        elif result.timed_out:
+            rc = None
+        else:
+            rc = result.returncode
         payload = json.loads(out.read_text()) if out.exists() else {"results": []}
     doc["results"] = payload["results"]
     failures = sum(1 for r in doc["results"] if not r["correct"])
+    if failures:
+        status = Status.FAIL
+    elif rc == 0 and doc["results"]:
+        status = Status.OK
+    else:
+        status = Status.ERROR
     doc["summary"] = {
         "backend": backend,
         "world_size": nproc,
         "busbw_factor": busbw_factor(nproc),
-        "status": "fail" if failures else ("ok" if rc == 0 and doc["results"] else "error"),
+        "status": str(status),
         "failures": failures,
         "peak_busbw_gbps": max((r["busbw_gbps"] or 0.0 for r in doc["results"]), default=None),
         "peak_algbw_gbps": max((r["algbw_gbps"] or 0.0 for r in doc["results"]), default=None),
     }
-    if rc != 0:
-        tail = [line for line in log if line.strip()][-5:]
-        doc["summary"]["message"] = f"torchrun exited with {rc}: " + " | ".join(tail)
+    tail = " | ".join([line.strip() for line in log if line.strip()][-5:])
+    if rc is None:
+        doc["summary"]["timed_out"] = True
+        doc["summary"]["message"] = (
+            f"torchrun did not finish within {options.timeout_s:g} s (a hung rank?); killed it and "
+            f"its workers; raise --timeout if the sweep is merely slow" + (f": {tail}" if tail else "")
+        )
+    elif rc != 0:
+        doc["summary"]["message"] = f"torchrun exited with {rc}: " + tail
     return doc

@@ -5,6 +5,10 @@ must equal n(n+1)/2·pattern exactly), then timed as nccl-tests does: a few
 warm-up calls, back-to-back calls between two synchronisations, the slowest
 rank's time. Rank 0 rewrites the result file atomically after every size, so an
 interrupted sweep still leaves what it measured.
+
+Test-only: ENVKIT_TEST_HANG_RANK=<rank> makes that rank sleep forever after joining
+the group (the others then block in their first all-reduce), which is how the tests
+reproduce a hung rank for `envkit bench allreduce --timeout`. Nothing else reads it.
 """
 
 from __future__ import annotations
@@ -21,8 +25,10 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from envkit.bench.report import atomic_write_bytes
+from envkit.atomic import atomic_write_bytes
 from envkit.bench.stats import allreduce_bandwidth
+
+HANG_RANK_ENV = "ENVKIT_TEST_HANG_RANK"
 
 
 def sizes_between(min_bytes: int, max_bytes: int) -> list[int]:
@@ -57,6 +63,9 @@ def main(argv: list[str] | None = None) -> int:
         device = torch.device("cpu")
         dist.init_process_group("gloo", timeout=dt.timedelta(minutes=5))
     rank, world = dist.get_rank(), dist.get_world_size()
+    if os.environ.get(HANG_RANK_ENV) == str(rank):
+        while True:  # a hung rank, for the --timeout test (see the module docstring)
+            time.sleep(3600)
 
     def sync() -> None:
         if device.type == "cuda":

@@ -2,15 +2,14 @@
 
 Thin commands: parse, call the function that returns a result document,
 render it (Rich for people, `--json` for machines), write `--out` atomically.
-Exit status: 0 all measured and correct, 1 a wrong product / failed copy or
-run error, 2 bad input, 130 interrupted (the best results so far are printed).
+Exit status (envkit.cli_support's policy): 0 all measured and correct, 1 a wrong
+product / failed copy or run error, 2 bad input (one `error:` line), 130
+interrupted (the best results so far are printed).
 """
 
 from __future__ import annotations
 
 import importlib.util
-import json
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -19,48 +18,28 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from envkit.bench.errors import BenchInputError
-from envkit.bench.report import ReportError, dumps, load_document, write_document
-
-app = typer.Typer(
-    help="Honest matmul, memory and interconnect throughput (mamf-finder's method).",
-    no_args_is_help=True,
+from envkit.bench.report import is_ok, load_document, normalize_document
+from envkit.cli_support import (
+    ExitCode,
+    UsageError,
+    check_output_path,
+    console,
+    emit,
+    exit_with,
+    make_app,
+    print_error,
+    split_list,
 )
+from envkit.vocab import Device
 
-EXIT_FAIL, EXIT_USAGE, EXIT_INTERRUPTED = 1, 2, 130
+app = make_app(help="Honest matmul, memory and interconnect throughput (mamf-finder's method).")
 
-
-def _console(stderr: bool = False) -> Console:
-    stream = sys.stderr if stderr else sys.stdout
-    # piped output (make, CI logs) would otherwise wrap tables at 80 columns
-    width = None if stream.isatty() else 160
-    return Console(stderr=stderr, highlight=False, width=width)
-
-
-def _usage_error(message: str) -> typer.Exit:
-    _console(stderr=True).print(f"[bold red]error:[/] {message}", soft_wrap=True)
-    return typer.Exit(EXIT_USAGE)
-
-
-def _split(values: list[str] | None) -> list[str] | None:
-    """Repeated options and comma lists alike: --dtype fp32 --dtype bf16 == --dtype fp32,bf16."""
-    if not values:
-        return None
-    return [v.strip().lower() for value in values for v in value.split(",") if v.strip()]
-
-
-def _check_writable(path: Path | None, flag: str) -> None:
-    if path is None:
-        return
-    parent = path.resolve().parent
-    try:
-        parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise _usage_error(
-            f"{flag} {path}: cannot create its directory ({exc.strerror}); pick another"
-        ) from None
-    if path.is_dir():
-        raise _usage_error(f"{flag} {path} is a directory; give a file name")
+# --backend speaks the project's words; the matmul engine names PyTorch `torch` internally.
+BACKENDS = ("numpy", "pytorch", "tensorflow")
+BACKEND_ALIASES = {"torch": "pytorch", "tf": "tensorflow"}
+ENGINE_BACKEND = {"pytorch": "torch"}
+DTYPE_ALIASES = {"float64": "fp64", "float32": "fp32", "float16": "fp16", "half": "fp16", "bfloat16": "bf16"}
+DEVICES = tuple(str(d) for d in Device)
 
 
 def _parse_gpus(text: str | None) -> list[int] | None:
@@ -69,29 +48,36 @@ def _parse_gpus(text: str | None) -> list[int] | None:
     try:
         gpus = [int(p) for p in text.split(",") if p.strip()]
     except ValueError:
-        raise _usage_error(f"--gpus {text!r} is not a list of GPU indices; use e.g. all or 0,1") from None
+        raise UsageError(f"--gpus {text!r} is not a list of GPU indices; use e.g. all or 0,1") from None
     if not gpus or any(g < 0 for g in gpus):
-        raise _usage_error(f"--gpus {text!r} must name GPU indices >= 0; use e.g. all or 0,1")
+        raise UsageError(f"--gpus {text!r} must name GPU indices >= 0; use e.g. all or 0,1")
     return gpus
+
+
+def _device(value: str) -> str:
+    device = value.strip().lower()
+    device = "gpu" if device == "cuda" else device
+    if device not in DEVICES:
+        raise UsageError(f"--device {value!r} is not one of {', '.join(DEVICES)}; pick one")
+    return device
 
 
 def _finish(doc: dict[str, Any], as_json: bool, out: Path | None, render: Callable[[Console], None]) -> None:
     """Write --out, print JSON or tables, and exit with the document's status."""
-    if out is not None:
-        write_document(doc, out)
-    if as_json:
-        sys.stdout.write(dumps(doc))
-    else:
-        console = _console()
+    normalize_document(doc)
+
+    def show(con: Console) -> None:
         if doc.get("interrupted"):
-            console.print("[yellow]interrupted: the results measured so far[/]")
-        render(console)
+            con.print("[yellow]interrupted: the results measured so far[/]")
+        render(con)
         if out is not None:
-            console.print(f"wrote {out}")
+            con.print(f"wrote {out}")
+
+    emit(doc, as_json=as_json, out=out, render=show)
     if doc.get("interrupted"):
-        raise typer.Exit(EXIT_INTERRUPTED)
-    if doc["summary"].get("status") != "ok":
-        raise typer.Exit(EXIT_FAIL)
+        exit_with(ExitCode.INTERRUPTED)
+    if not is_ok(doc):
+        exit_with(ExitCode.FAIL)
 
 
 @app.command()
@@ -100,7 +86,8 @@ def matmul(
         None,
         "--backend",
         "-b",
-        help="numpy, torch, tensorflow (repeat or comma-separate). Default: torch, else numpy.",
+        help="numpy, pytorch (alias torch), tensorflow (repeat or comma-separate). "
+        "Default: pytorch, else numpy.",
     ),
     dtype: list[str] = typer.Option(
         None,
@@ -121,53 +108,55 @@ def matmul(
     as_json: bool = typer.Option(False, "--json", help="Print the result document as JSON on stdout."),
     out: Path = typer.Option(None, "--out", help="Write the result document (JSON) here."),
     plot: Path = typer.Option(None, "--plot", help="Write a PNG of TFLOP/s against shape per dtype."),
+    warmup_s: float = typer.Option(
+        0.0,
+        "--warmup-s",
+        help="Whole-device warm-up seconds before the first shape (mamf-finder: 30, thermal steady state).",
+    ),
 ) -> None:
     """Matmul TFLOP/s per shape and dtype, checked against a float64 reference."""
     from envkit.bench.matmul import MatmulOptions, plan_runs, run_matmul
     from envkit.bench.shapes import PRESETS, explicit_shapes, preset_shapes
 
-    backends = _split(backend) or (["torch"] if importlib.util.find_spec("torch") else ["numpy"])
-    try:
-        if preset not in PRESETS:
-            raise BenchInputError(f"--preset {preset!r} is unknown; choose one of {', '.join(PRESETS)}")
-        shapes = explicit_shapes(m, n, k) if (m or n or k) else None
-        for flag, value in (("--warmup", warmup), ("--min-time", min_time)):
-            if value is not None and value < 0:
-                raise BenchInputError(f"{flag} must be >= 0 seconds, got {value}")
-        if plot is not None and importlib.util.find_spec("matplotlib") is None:
-            raise BenchInputError("--plot needs matplotlib; pip install matplotlib (or envkit[train])")
-    except BenchInputError as exc:
-        raise _usage_error(str(exc)) from None
-    _check_writable(out, "--out")
-    _check_writable(plot, "--plot")
+    chosen = split_list(backend, "--backend", BACKENDS, aliases=BACKEND_ALIASES, what="backend")
+    if not chosen:
+        chosen = ["pytorch"] if importlib.util.find_spec("torch") else ["numpy"]
+    if preset not in PRESETS:
+        raise UsageError(f"--preset {preset!r} is unknown; choose one of {', '.join(PRESETS)}")
+    shapes = explicit_shapes(m, n, k) if (m or n or k) else None
+    for flag, value in (("--warmup", warmup), ("--min-time", min_time), ("--warmup-s", warmup_s)):
+        if value is not None and value < 0:
+            raise UsageError(f"{flag} must be >= 0 seconds, got {value}")
+    if plot is not None and importlib.util.find_spec("matplotlib") is None:
+        raise UsageError("--plot needs matplotlib; pip install matplotlib (or envkit[train])")
+    check_output_path(out, "--out")
+    check_output_path(plot, "--plot")
     options = MatmulOptions(
-        backends=backends,
-        dtypes=_split(dtype),
-        device=device,
+        backends=[ENGINE_BACKEND.get(b, b) for b in chosen],
+        dtypes=split_list(dtype, "--dtype", aliases=DTYPE_ALIASES) or None,
+        device=_device(device),
         gpus=_parse_gpus(gpus),
         preset=preset,
         shapes=shapes,
         warmup_s=warmup,
         min_time_s=min_time,
+        device_warmup_s=warmup_s,
     )
-    try:
-        total = sum(len(shapes or preset_shapes(preset, t.kind)) for t, _ in plan_runs(options))
-    except BenchInputError as exc:
-        raise _usage_error(str(exc)) from None
-    doc = _with_progress(lambda cb: run_matmul(options, on_progress=cb), as_json, total)
+    total = sum(len(shapes or preset_shapes(preset, t.kind)) for t, _ in plan_runs(options))
+    doc = normalize_document(_with_progress(lambda cb: run_matmul(options, on_progress=cb), as_json, total))
     if plot is not None and any(r.get("best") for r in doc["results"]):
         from envkit.bench.plot import plot_matmul
 
         plot_matmul(doc, plot)
 
-    def render(console: Console) -> None:
+    def render(con: Console) -> None:
         from envkit.bench.render import matmul_notes, matmul_summary_table
 
-        console.print(matmul_summary_table(doc))
+        con.print(matmul_summary_table(doc))
         for note in matmul_notes(doc):
-            console.print(note, soft_wrap=True)
+            con.print(note, soft_wrap=True)
         if plot is not None:
-            console.print(f"wrote {plot}")
+            con.print(f"wrote {plot}")
 
     _finish(doc, as_json, out, render)
 
@@ -176,9 +165,9 @@ def _with_progress(
     run: Callable[[Callable | None], dict[str, Any]], as_json: bool, total: int | None
 ) -> dict[str, Any]:
     """Run a matmul sweep under a Rich progress bar, printing each finished shape above it."""
-    from envkit.bench.render import shape_row
+    from envkit.bench.render import backend_word, shape_row
 
-    err = _console(stderr=True)
+    err = console(stderr=True)
     progress = Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),
@@ -191,25 +180,25 @@ def _with_progress(
 
     def on_progress(run_doc: dict[str, Any], shape: dict[str, Any] | None) -> None:
         if shape is None:
-            progress.update(task, description=f"{run_doc['backend']} {run_doc['device']} {run_doc['dtype']}")
+            name = backend_word(run_doc["backend"])
+            progress.update(task, description=f"{name} {run_doc['device']} {run_doc['dtype']}")
             return
         progress.advance(task, shape.get("skipped_shapes", 1))
         if not as_json and "m" in shape:
             progress.console.print(shape_row(run_doc, shape), soft_wrap=True)
         elif shape.get("status") == "skipped":
             progress.console.print(
-                f"{run_doc['backend']} {run_doc['device']} {run_doc['dtype']}: skipped: {run_doc['message']}",
+                f"{backend_word(run_doc['backend'])} {run_doc['device']} {run_doc['dtype']}: "
+                f"skipped: {run_doc['message']}",
                 soft_wrap=True,
             )
 
     try:
         with progress:
             doc = run(on_progress)
-    except BenchInputError as exc:
-        raise _usage_error(str(exc)) from None
     except KeyboardInterrupt:  # before the sweep began: nothing measured yet
         err.print("[yellow]interrupted before any shape was measured[/]")
-        raise typer.Exit(EXIT_INTERRUPTED) from None
+        exit_with(ExitCode.INTERRUPTED)
     return doc
 
 
@@ -227,19 +216,11 @@ def memory(
     from envkit.bench.memory import MemoryOptions, run_memory
     from envkit.bench.render import memory_table
 
-    if device not in ("auto", "cpu", "gpu"):
-        raise _usage_error(f"--device {device!r} is not one of auto, cpu, gpu")
-    _check_writable(out, "--out")
-    err = _console(stderr=True)
-    try:
-        with err.status("memory bandwidth ...") as status:
-            doc = run_memory(
-                MemoryOptions(device=device, size_mib=size_mib, gpus=_parse_gpus(gpus)),
-                on_progress=lambda text: status.update(text),
-            )
-    except BenchInputError as exc:
-        raise _usage_error(str(exc)) from None
-    _finish(doc, as_json, out, lambda console: console.print(memory_table(doc)))
+    memory_options = MemoryOptions(device=_device(device), size_mib=size_mib, gpus=_parse_gpus(gpus))
+    check_output_path(out, "--out")
+    with console(stderr=True).status("memory bandwidth ...") as status:
+        doc = run_memory(memory_options, on_progress=lambda text: status.update(text))
+    _finish(doc, as_json, out, lambda con: con.print(memory_table(doc)))
 
 
 @app.command()
@@ -249,6 +230,11 @@ def allreduce(
     min_size: str = typer.Option("1KiB", help="Smallest message, e.g. 1KiB."),
     max_size: str = typer.Option(None, help="Largest message (default 1GiB NCCL / 64MiB gloo)."),
     min_time: float = typer.Option(0.2, help="Timed seconds per size at least."),
+    timeout: float = typer.Option(
+        900.0,
+        "--timeout",
+        help="Seconds the whole sweep may take; past it torchrun and every rank are killed (exit 1).",
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print the result document as JSON on stdout."),
     out: Path = typer.Option(None, "--out", help="Write the result document (JSON) here."),
 ) -> None:
@@ -256,27 +242,28 @@ def allreduce(
     from envkit.bench.allreduce import AllreduceOptions, parse_bytes, resolve, run_allreduce
     from envkit.bench.render import allreduce_table
 
-    try:
-        options = AllreduceOptions(
-            nproc=nproc,
-            backend=backend,
-            min_bytes=parse_bytes(min_size, "min-size"),
-            max_bytes=parse_bytes(max_size, "max-size") if max_size else None,
-            min_time_s=min_time,
-        )
-        resolve(options)
-    except BenchInputError as exc:
-        raise _usage_error(str(exc)) from None
-    _check_writable(out, "--out")
-    err = _console(stderr=True)
-    with err.status("all-reduce: starting torchrun ...") as status:
+    if timeout <= 0:
+        raise UsageError(f"--timeout must be > 0 seconds, got {timeout:g}")
+    options = AllreduceOptions(
+        nproc=nproc,
+        backend=backend,
+        min_bytes=parse_bytes(min_size, "min-size"),
+        max_bytes=parse_bytes(max_size, "max-size") if max_size else None,
+        min_time_s=min_time,
+        timeout_s=timeout,
+    )
+    resolve(options)
+    check_output_path(out, "--out")
+    with console(stderr=True).status("all-reduce: starting torchrun ...") as status:
         doc = run_allreduce(options, on_progress=lambda text: status.update(text))
 
-    def render(console: Console) -> None:
-        console.print(allreduce_table(doc))
+    def render(con: Console) -> None:
+        con.print(allreduce_table(doc))
         if doc["summary"].get("message"):
-            console.print(f"[red]{doc['summary']['message']}[/]", soft_wrap=True)
+            con.print(f"[red]{doc['summary']['message']}[/]", soft_wrap=True)
 
+    if as_json and doc["summary"].get("message"):
+        print_error(doc["summary"]["message"])  # stdout holds the JSON; say why on stderr
     _finish(doc, as_json, out, render)
 
 
@@ -290,14 +277,11 @@ def compare(
     from envkit.bench.compare import compare_documents
     from envkit.bench.render import compare_table
 
-    try:
-        result = compare_documents(load_document(a), load_document(b))
-    except (ReportError, BenchInputError) as exc:
-        raise _usage_error(str(exc)) from None
-    if as_json:
-        sys.stdout.write(json.dumps(result, indent=2) + "\n")
-        return
-    console = _console()
-    console.print(compare_table(result, str(a), str(b)))
-    if result["note"]:
-        console.print(f"[yellow]note:[/] {result['note']}")
+    result = compare_documents(load_document(a), load_document(b))
+
+    def render(con: Console) -> None:
+        con.print(compare_table(result, str(a), str(b)))
+        if result["note"]:
+            con.print(f"[yellow]note:[/] {result['note']}")
+
+    emit(result, as_json=as_json, render=render)

@@ -6,6 +6,8 @@ from typing import Any
 
 from rich.table import Table
 
+from envkit.bench.report import BACKEND_WORDS
+
 
 def fmt(value: float | None, digits: int = 4) -> str:
     if value is None:
@@ -31,15 +33,20 @@ def status_text(status: str) -> str:
     return f"[{STATUS_STYLE.get(status, 'white')}]{status}[/]"
 
 
+def backend_word(backend: str) -> str:
+    """The project's name of a backend (the matmul engine says `torch` while it runs)."""
+    return BACKEND_WORDS.get(backend, backend)
+
+
 def shape_row(run: dict[str, Any], s: dict[str, Any]) -> str:
     """One completed shape as a line printed while the sweep runs."""
     shape = f"{s['m']}x{s['n']}x{s['k']}"
-    head = f"{run['backend']:<10} {run['device']:<7} {run['dtype']:<5} {shape:>17}"
+    head = f"{backend_word(run['backend']):<10} {run['device']:<7} {run['dtype']:<5} {shape:>17}"
     if s["status"] == "ok":
         t = s["tflops"]
         err = s["correctness"]["rel_error"]
         return (
-            f"{head}  {fmt(t['median']):>8} TFLOP/s median  (max {fmt(t['max'])}, "
+            f"{head}  {fmt(t['median']):>8} TFLOP/s median  (max {fmt(t['max'])}, mean {fmt(t['mean'])}, "
             f"spread {s['spread_pct']:.1f}%, rel.err {err:.1e})  {status_text('ok')}"
         )
     return f"{head}  {status_text(s['status'])}  {s.get('message') or ''}"
@@ -91,10 +98,18 @@ def matmul_notes(doc: dict[str, Any]) -> list[str]:
     """Lines under the tables: peak reasons, throttling, slowest GPU."""
     notes = []
     reasons = sorted({r["peak_reason"] for r in doc["results"] if r.get("peak_reason")})
-    notes += [f"peak null: {reason}" for reason in reasons]
+    notes += [f"peak: n/a ({reason})" for reason in reasons]
     for run in doc["results"]:
-        for why in (run.get("telemetry") or {}).get("throttled_because") or []:
+        telemetry = run.get("telemetry") or {}
+        for why in telemetry.get("throttled_because") or []:
             notes.append(f"[bold red]throttled[/] {run['device']} {run['dtype']}: {why}")
+        if telemetry.get("clock_state") and not telemetry.get("throttled"):
+            # e.g. "power-limited (expected under load)": evidence, not a failure
+            evidence = telemetry.get("clock_evidence") or ""
+            notes.append(f"clocks {run['device']} {run['dtype']}: {telemetry['clock_state']}, {evidence}")
+    notes += sorted(
+        {f"{r['backend']} {r['device']}: {r['timing_note']}" for r in doc["results"] if r.get("timing_note")}
+    )
     for row in doc.get("summary", {}).get("rows", []):
         slow = row.get("slowest")
         if slow:

@@ -2,23 +2,38 @@
 
 One JSON shape serves matmul, memory and allreduce results:
 `{schema, schema_version, benchmark_version, kind, created, command, options,
-context, results, summary, interrupted}`. `schema_version` changes when the
-layout changes; `benchmark_version` changes when the *measurement method*
-changes, so that figures from different methods are never compared unknowingly.
+context, results, summary, interrupted}`. `schema` is the format ID
+`envkit.bench/v<schema_version>` (envkit.vocab's one style); `schema_version`
+changes when the layout changes; `benchmark_version` changes when the
+*measurement method* changes, so that figures from different methods are never
+compared unknowingly.
+
+Documents written before the vocabulary was fixed say `"schema": "envkit.bench"`
+and name the PyTorch backend `torch`; `load_document` reads them and
+`normalize_document` brings them (and the matmul engine's own `torch`) to the
+project's words: `pytorch`.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import json
-import os
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
-SCHEMA_ID = "envkit.bench"
+from envkit.atomic import atomic_write_bytes
+from envkit.cli_support import UsageError, json_default
+from envkit.vocab import Framework, Status, format_id, is_format, parse_format_id
+
+# atomic_write_bytes is envkit.atomic's; envkit/bench/plot.py and benchmarks/bench_overhead.py
+# still import it from here.
+
 SCHEMA_VERSION = 1
+SCHEMA_ID = format_id("bench", SCHEMA_VERSION)  # "envkit.bench/v1"
+LEGACY_SCHEMA_ID = "envkit.bench"  # before the one format-ID style; schema_version said the version
+# The matmul engine's internal backend names -> the project's framework words (documents say these).
+BACKEND_WORDS = {"torch": str(Framework.PYTORCH)}
 # 1: mamf-finder method (time-based warm-up, 256 MiB L2 / 2xLLC flush, NaN-refreshed
 #    output, events on GPU), median as the headline, sampled float64 correctness check.
 BENCHMARK_VERSION = 1
@@ -81,7 +96,8 @@ MATMUL_RUN = {
         "throttled",
     ],
     "properties": {
-        "backend": {"enum": ["numpy", "torch", "tensorflow"]},
+        # "torch": what the matmul engine says internally; normalize_document writes "pytorch"
+        "backend": {"enum": ["numpy", "pytorch", "tensorflow", "torch"]},
         "device_kind": {"enum": ["cpu", "gpu"]},
         "dtype": {"enum": ["fp64", "fp32", "tf32", "fp16", "bf16", "fp8"]},
         "status": {"enum": ["ok", "fail", "error", "partial", "skipped", "interrupted"]},
@@ -136,7 +152,7 @@ SCHEMA = {
         "interrupted",
     ],
     "properties": {
-        "schema": {"const": SCHEMA_ID},
+        "schema": {"enum": [SCHEMA_ID, LEGACY_SCHEMA_ID]},
         "schema_version": {"const": SCHEMA_VERSION},
         "benchmark_version": {"type": "integer", "minimum": 1},
         "kind": {"enum": list(KINDS)},
@@ -160,8 +176,8 @@ SCHEMA = {
 }
 
 
-class ReportError(ValueError):
-    """A result file that cannot be read or is not an envkit bench document."""
+class ReportError(UsageError, ValueError):
+    """A result file that cannot be read or is not an envkit bench document (exit 2 at the CLI)."""
 
 
 def new_document(kind: str, options: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -195,38 +211,35 @@ def validate(doc: Any) -> list[str]:
 
 
 def dumps(doc: dict[str, Any]) -> str:
-    return json.dumps(doc, indent=2, default=_jsonable) + "\n"
+    return json.dumps(doc, indent=2, default=json_default) + "\n"
 
 
-def _jsonable(value: Any) -> Any:
-    if hasattr(value, "item"):  # numpy scalars
-        return value.item()
-    if isinstance(value, Path):
-        return str(value)
-    raise TypeError(f"cannot write {type(value).__name__} to JSON")
+def normalize_document(doc: dict[str, Any]) -> dict[str, Any]:
+    """Bring a document to the current words, in place: format ID, `pytorch` for `torch`.
+
+    Used on every document the CLI writes and on every one it reads, so that documents
+    written before the change compare with new ones.
+    """
+    if doc.get("schema") == LEGACY_SCHEMA_ID:
+        doc["schema"] = format_id("bench", int(doc.get("schema_version") or SCHEMA_VERSION))
+    context = doc.get("context")
+    if isinstance(context, dict):
+        for holder in (context, context.get("frameworks")):
+            if isinstance(holder, dict) and "torch" in holder and "pytorch" not in holder:
+                holder["pytorch"] = holder.pop("torch")
+    if doc.get("kind") == "matmul":
+        for run in doc.get("results") or []:
+            if isinstance(run, dict) and run.get("backend") in BACKEND_WORDS:
+                run["backend"] = BACKEND_WORDS[run["backend"]]
+        options = doc.get("options")
+        if isinstance(options, dict) and isinstance(options.get("backends"), list):
+            options["backends"] = [BACKEND_WORDS.get(b, b) for b in options["backends"]]
+    return doc
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write via a temporary file in the same directory and rename: never a half-written file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; a result file is as shareable as any other
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+def is_ok(doc: dict[str, Any]) -> bool:
+    """Did every measurement of the document succeed (summary status `ok`)?"""
+    return doc.get("summary", {}).get("status") == Status.OK
 
 
 def write_document(doc: dict[str, Any], path: Path) -> None:
@@ -248,14 +261,21 @@ def load_document(path: Path) -> dict[str, Any]:
         raise ReportError(
             f"{path}: not JSON ({exc.msg} at line {exc.lineno}); pass a bench --out file"
         ) from None
-    if not isinstance(doc, dict) or doc.get("schema") != SCHEMA_ID:
+    if not isinstance(doc, dict) or not (
+        doc.get("schema") == LEGACY_SCHEMA_ID or is_format(doc.get("schema"), "bench")
+    ):
         raise ReportError(f'{path}: not an envkit bench result (no "schema": "{SCHEMA_ID}")')
-    if doc.get("schema_version") != SCHEMA_VERSION:
+    # the version: in the format ID now, in schema_version alone in legacy documents
+    version = doc.get("schema_version")
+    if doc["schema"] != LEGACY_SCHEMA_ID:
+        version = parse_format_id(doc["schema"])[1]
+    if version != SCHEMA_VERSION or doc.get("schema_version") != version:
+        shown = version if version != SCHEMA_VERSION else doc.get("schema_version")
         raise ReportError(
-            f"{path}: schema version {doc.get('schema_version')} but this envkit reads {SCHEMA_VERSION}; "
+            f"{path}: schema version {shown} but this envkit reads {SCHEMA_VERSION}; "
             "re-run the benchmark with this envkit"
         )
     problems = validate(doc)
     if problems:
         raise ReportError(f"{path}: invalid bench result: {problems[0]}")
-    return doc
+    return normalize_document(doc)

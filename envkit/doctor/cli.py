@@ -2,38 +2,13 @@
 
 from __future__ import annotations
 
-import json
-import os
 import sys
-import tempfile
 from pathlib import Path
 
 import typer
 
+from envkit.cli_support import check_output_path, console, emit, exit_with, split_list
 from envkit.doctor.model import AREAS
-
-
-def _areas(values: list[str], flag: str) -> frozenset[str]:
-    """'--only gpu --only host' or '--only gpu,host' -> {'gpu', 'host'}; unknown names are usage errors."""
-    names = {v.strip().lower() for value in values for v in value.split(",") if v.strip()}
-    unknown = sorted(names - set(AREAS))
-    if unknown:
-        raise typer.BadParameter(
-            f"unknown area {', '.join(unknown)}; choose from {', '.join(AREAS)}", param_hint=flag
-        )
-    return frozenset(names)
-
-
-def _write_atomically(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def doctor(
@@ -62,8 +37,6 @@ def doctor(
 
     Exit status: 0 usable, 1 a failing check, 2 usage error.
     """
-    from rich.console import Console
-
     from envkit.doctor.options import DoctorOptions
     from envkit.doctor.render import print_report
     from envkit.doctor.runner import run_doctor
@@ -72,29 +45,21 @@ def doctor(
         require_gpu=require_gpu,
         deep=deep,
         timeout_s=timeout,
-        only=_areas(only, "--only"),
-        skip=_areas(skip, "--skip"),
+        only=frozenset(split_list(only, "--only", AREAS, what="area")),
+        skip=frozenset(split_list(skip, "--skip", AREAS, what="area")),
         deep_image=deep_image or None,
     )
-    err = Console(stderr=True)
+    check_output_path(output, "--output")
     if as_json or not sys.stderr.isatty():
         report = run_doctor(opts)
     else:
-        with err.status("envkit doctor: probing driver, GPUs, CUDA, frameworks, Docker ..."):
+        with console(stderr=True).status("envkit doctor: probing driver, GPUs, CUDA, frameworks, Docker ..."):
             report = run_doctor(opts)
-    # default=str: a stray bytes or ctypes value in some details must not lose the whole report
-    text = json.dumps(report.to_dict(), indent=2, default=str)
-    if output is not None:
-        try:
-            _write_atomically(output, text + "\n")
-        except OSError as exc:
-            err.print(
-                f"envkit doctor: cannot write {output}: {exc.strerror}; choose another --output path",
-                soft_wrap=True,
-            )
-            raise typer.Exit(2) from None
-    if as_json:
-        typer.echo(text)
-    else:
-        print_report(report, Console())
-    raise typer.Exit(report.exit_code)
+    emit(
+        report.to_dict(),
+        as_json=as_json,
+        out=output,
+        render=lambda con: print_report(report, con),
+        out_flag="--output",
+    )
+    exit_with(report.exit_code)

@@ -7,8 +7,10 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-SCHEMA_ID = "envkit.doctor/v1"  # equals the schema file's $id; bump with SCHEMA_VERSION
+from envkit.vocab import FAILING_STATUSES, Status, format_id
+
 SCHEMA_VERSION = 1
+SCHEMA_ID = format_id("doctor", SCHEMA_VERSION)  # "envkit.doctor/v1", the schema file's $id
 
 
 def schema_path() -> Path:
@@ -16,13 +18,14 @@ def schema_path() -> Path:
     return Path(str(resources.files("envkit") / "data" / "doctor.schema.json"))
 
 
-OK = "ok"
-WARN = "warn"
-FAIL = "fail"
-NOT_PRESENT = "not_present"
-NOT_APPLICABLE = "not_applicable"
-ERROR = "error"
-STATUSES = (OK, WARN, FAIL, NOT_PRESENT, NOT_APPLICABLE, ERROR)
+# The statuses are envkit.vocab.Status; these names are kept for the probes' imports.
+OK = Status.OK
+WARN = Status.WARN
+FAIL = Status.FAIL
+NOT_PRESENT = Status.NOT_PRESENT
+NOT_APPLICABLE = Status.NOT_APPLICABLE
+ERROR = Status.ERROR
+STATUSES = tuple(Status)
 
 # Display and grouping order of the areas.
 AREAS = ("host", "driver", "gpu", "cuda", "pytorch", "tensorflow", "compat", "docker", "dcgm")
@@ -30,7 +33,7 @@ AREAS = ("host", "driver", "gpu", "cuda", "pytorch", "tensorflow", "compat", "do
 # A check with one of these statuses makes the machine "not usable" (exit 1):
 # `error` too, because a probe that hangs or crashes (a hung CUDA init) is
 # something the stack did, not something doctor may wave through.
-FAILING = (FAIL, ERROR)
+FAILING = tuple(s for s in STATUSES if s in FAILING_STATUSES)
 
 
 @dataclass
@@ -48,12 +51,13 @@ class Check:
     def __post_init__(self) -> None:
         if self.status not in STATUSES:
             raise ValueError(f"unknown status {self.status!r}")
+        self.status = Status(self.status)
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "area": self.area,
             "name": self.name,
-            "status": self.status,
+            "status": str(self.status),
             "evidence": self.evidence,
             "hint": self.hint,
             "details": self.details,
@@ -81,7 +85,7 @@ class Report:
     envkit_version: str
 
     def counts(self) -> dict[str, int]:
-        return {s: sum(1 for c in self.checks if c.status == s) for s in STATUSES}
+        return {s.value: sum(1 for c in self.checks if c.status == s) for s in STATUSES}
 
     def failing(self) -> list[Check]:
         return [c for c in self.checks if c.status in FAILING]

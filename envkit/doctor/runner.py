@@ -91,9 +91,9 @@ def run_doctor(opts: DoctorOptions, probes: dict[str, Probe] | None = None) -> R
             results = {a: f.result() for a, f in futures.items()}
         except KeyboardInterrupt:
             # Framework children sit in their own sessions: Ctrl-C must be passed on by hand.
-            from envkit.doctor.probes.frameworks import kill_live_probes
+            from envkit.process import kill_live_groups
 
-            kill_live_probes()
+            kill_live_groups()
             pool.shutdown(wait=False, cancel_futures=True)
             raise
         pool.shutdown()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from envkit.bench.allreduce import AllreduceOptions, parse_bytes, resolve, run_allreduce
@@ -108,3 +110,69 @@ def test_the_worker_flags_a_wrong_sum(monkeypatch, tmp_path):
     first, second = json.loads(out.read_text())["results"]
     assert first["correct"] is False and first["algbw_gbps"] is None and first["busbw_gbps"] is None
     assert second["correct"] is True and second["busbw_gbps"] == 0.0  # one rank moves nothing over a bus
+
+
+def _marked_processes(marker: str) -> dict[int, int]:
+    """pid -> pgid of every live (non-zombie) process whose environment carries `marker`."""
+    from pathlib import Path
+
+    found = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            environ = (entry / "environ").read_bytes()
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        fields = stat[stat.rfind(")") + 2 :].split()
+        if marker.encode() in environ.split(b"\0") and fields[0] != "Z":
+            found[int(entry.name)] = int(fields[2])
+    return found
+
+
+@pytest.mark.slow
+def test_a_hung_rank_is_killed_at_timeout_with_exit_1_and_nothing_survives(tmp_path):
+    """Rank 1 sleeps forever (ENVKIT_TEST_HANG_RANK, the worker's test-only hook), so rank 0
+    blocks in its first all-reduce: --timeout must kill torchrun and both ranks, exit 1, say why."""
+    import os
+    import subprocess
+    import sys
+    import time
+    import uuid
+
+    from envkit.bench.allreduce_worker import HANG_RANK_ENV
+    from envkit.process import group_members
+
+    marker = f"ENVKIT_TEST_RUN={uuid.uuid4().hex}"
+    env = {**os.environ, HANG_RANK_ENV: "1", marker.split("=")[0]: marker.split("=")[1]}
+    out = tmp_path / "r.json"
+    args = ["bench", "allreduce", "--nproc", "2", "--backend", "gloo", "--max-size", "4KiB"]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "envkit", *args, "--timeout", "30", "--json", "--out", str(out)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    groups: set[int] = set()
+    ranks_seen = 0
+    while proc.poll() is None:  # learn the torchrun group while it runs (launcher + 2 ranks)
+        marked = {pid: pgid for pid, pgid in _marked_processes(marker).items() if pid != proc.pid}
+        groups.update(marked.values())
+        ranks_seen = max(ranks_seen, len(marked))
+        time.sleep(0.2)
+    stdout, stderr = proc.communicate()
+    assert proc.returncode == 1, stderr
+    assert ranks_seen >= 3, "torchrun and its two ranks were never seen running"
+    doc = json.loads(stdout)
+    assert doc["summary"]["status"] == "error" and doc["summary"]["timed_out"] is True
+    assert "did not finish within 30 s" in doc["summary"]["message"]
+    assert json.loads(out.read_text())["summary"]["timed_out"] is True
+    error_lines = [line for line in stderr.splitlines() if line.startswith("error:")]
+    assert len(error_lines) == 1 and "did not finish within 30 s" in error_lines[0]
+    assert "Traceback" not in stderr
+    envkit_pgid = os.getpgid(os.getpid())
+    for pgid in groups - {envkit_pgid}:
+        assert group_members(pgid) == [], f"process group {pgid} outlived the timeout"
+    assert [pid for pid in _marked_processes(marker) if pid != proc.pid] == []

@@ -46,7 +46,7 @@ def test_matmul_table_for_people():
     result = runner.invoke(app, ["bench", "matmul", "-b", "numpy,torch", "-d", "fp32", *TINY])
     assert result.exit_code == 0, result.output
     assert "best shape" in result.stdout and "64x48x32" in result.stdout
-    assert "peak null: no dense peak is known for CPUs" in result.stdout
+    assert "peak: n/a (no dense peak is known for CPUs" in result.stdout
 
 
 class _Wrong(NumpyKernel):
@@ -102,7 +102,9 @@ def test_ctrl_c_prints_the_best_so_far_and_exits_130(monkeypatch, tmp_path):
     [
         (["matmul", "-b", "numpy", "-d", "bf16"], "bf16 is not available for numpy"),
         (["matmul", "-b", "numpy", "-d", "fp7"], "unknown dtype"),
-        (["matmul", "-b", "cupy"], "unknown backend"),
+        (["matmul", "-b", "cupy"], "unknown backend cupy; choose from numpy, pytorch, tensorflow"),
+        (["matmul", "-b", "numpy", "--device", "tpu"], "--device 'tpu' is not one of auto, cpu, gpu"),
+        (["allreduce", "--timeout", "0"], "--timeout must be > 0"),
         (["matmul", "-b", "numpy", "--m", "0"], "--m must be positive"),
         (["matmul", "-b", "numpy", "--m", "-64"], "--m must be positive"),
         (["matmul", "-b", "numpy", "--preset", "huge"], "--preset"),
@@ -145,3 +147,25 @@ def test_memory_cpu_json(tmp_path):
     assert result.exit_code == 0, result.output
     doc = json.loads(result.stdout)
     assert doc["results"][0]["test"] == "host_copy" and doc["results"][0]["gbps"]["median"] > 0
+
+
+def test_compare_reads_a_result_written_before_the_vocabulary_change(tmp_path):
+    """tests/data/bench/legacy_matmul_v1_torch.json was written by the envkit before
+    ("schema": "envkit.bench", backend "torch"); today's `-b torch` writes "pytorch"."""
+    from pathlib import Path
+
+    legacy = Path(__file__).resolve().parent.parent / "data" / "bench" / "legacy_matmul_v1_torch.json"
+    new = tmp_path / "new.json"
+    result = runner.invoke(
+        app, ["bench", "matmul", "-b", "torch,numpy", "-d", "fp32", *TINY, "--out", str(new)]
+    )
+    assert result.exit_code == 0, result.output
+    written = json.loads(new.read_text())
+    assert written["schema"] == "envkit.bench/v1"
+    assert [r["backend"] for r in written["results"]] == ["pytorch", "numpy"]
+    result = runner.invoke(app, ["bench", "compare", str(legacy), str(new), "--json"])
+    assert result.exit_code == 0, result.output
+    rows = {r["metric"]: r for r in json.loads(result.stdout)["rows"]}
+    for metric in ("pytorch cpu fp32 64x48x32", "numpy cpu fp32 64x48x32"):
+        assert rows[metric]["a"] > 0 and rows[metric]["b"] > 0, rows
+    assert not any(metric.startswith("torch ") for metric in rows)

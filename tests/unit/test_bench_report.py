@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+from pathlib import Path
 
 import pytest
 
@@ -15,6 +16,7 @@ from envkit.bench.report import (
     atomic_write_bytes,
     load_document,
     new_document,
+    normalize_document,
     validate,
     write_document,
 )
@@ -135,3 +137,37 @@ def test_compare_allreduce_uses_busbw_and_algbw_on_one_rank():
 
     assert compare_documents(doc(4, 10.0), doc(4, 20.0))["rows"][0]["ratio"] == pytest.approx(2.0)
     assert compare_documents(doc(1, 10.0), doc(1, 5.0))["rows"][0]["ratio"] == pytest.approx(0.5)
+
+
+LEGACY = Path(__file__).resolve().parent.parent / "data" / "bench" / "legacy_matmul_v1_torch.json"
+
+
+def test_a_document_written_before_the_vocabulary_change_is_read_in_todays_words():
+    """tests/data/bench/legacy_matmul_v1_torch.json: written by envkit before the change
+    ("schema": "envkit.bench", backend "torch"); it must still load and compare."""
+    raw = json.loads(LEGACY.read_text())
+    assert raw["schema"] == "envkit.bench" and raw["results"][0]["backend"] == "torch"
+    doc = load_document(LEGACY)
+    assert doc["schema"] == "envkit.bench/v1"
+    assert [r["backend"] for r in doc["results"]] == ["pytorch", "numpy"]
+    assert "pytorch" in doc["context"]["frameworks"] and "torch" not in doc["context"]["frameworks"]
+    assert doc["options"]["backends"] == ["pytorch", "numpy"]
+
+
+def test_new_documents_carry_the_one_format_id_style(tmp_path):
+    doc = new_document("memory")
+    assert doc["schema"] == "envkit.bench/v1"
+    matmul = _matmul_doc(0.01)
+    matmul["results"][0]["backend"] = "torch"  # what the matmul engine says internally
+    target = tmp_path / "new.json"
+    write_document(normalize_document(matmul), target)
+    assert json.loads(target.read_text())["results"][0]["backend"] == "pytorch"
+
+
+def test_compare_reads_a_legacy_document_against_a_new_one():
+    old = load_document(LEGACY)
+    new = normalize_document(copy.deepcopy(json.loads(LEGACY.read_text())))
+    new["schema"] = "envkit.bench/v1"
+    rows = {r["metric"]: r for r in compare_documents(old, new)["rows"]}
+    row = rows["pytorch cpu fp32 64x48x32"]
+    assert row["ratio"] == pytest.approx(1.0)

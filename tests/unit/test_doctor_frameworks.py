@@ -241,7 +241,12 @@ CPU_TORCH = {
 def test_cpu_build_on_a_gpu_host_warns_and_fails_when_a_gpu_is_required(tmp_path: Path) -> None:
     checks = run_torch(tmp_path, CPU_TORCH)
     assert checks["build"].status == "warn"
-    assert "download.pytorch.org/whl/cu" in checks["build"].hint
+    from envkit.matrix import load_matrix
+
+    # the fix names the CUDA wheel index of the matrix's pytorch/cuda row (the one source)
+    cuda_index = load_matrix().image("pytorch", "cuda").wheel_index
+    assert checks["build"].hint.startswith("pip install torch==")
+    assert checks["build"].hint.endswith(f"--index-url {cuda_index}")
 
     checks = run_torch(tmp_path / "required", CPU_TORCH, require_gpu=True)
     assert checks["build"].status == "fail"

@@ -2,21 +2,16 @@
 
 A hung CUDA initialisation, a segfaulting extension or a library that cannot
 load must never hang or kill doctor: the framework runs in a child process
-(`envkit/doctor/scripts/*_probe.py`) in its own session, and the whole
-process group is killed when the timeout passes.
+(`envkit/doctor/scripts/*_probe.py`) through envkit.process.run_process, in its
+own session, and the whole process group is killed when the timeout passes.
 """
 
 from __future__ import annotations
 
-import contextlib
 import importlib.util
 import json
 import os
-import signal
-import subprocess
 import sys
-import threading
-import time
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
@@ -24,6 +19,8 @@ from typing import Any
 
 from envkit.doctor.model import ERROR, FAIL, NOT_APPLICABLE, NOT_PRESENT, OK, WARN, Check, ProbeResult
 from envkit.doctor.options import DoctorOptions, gpu_expected
+from envkit.process import run_process
+from envkit.vocab import Framework as FrameworkName
 
 SCRIPTS = Path(__file__).resolve().parent.parent / "scripts"
 MARK = "ENVKIT_PROBE_JSON "
@@ -43,7 +40,7 @@ TF_LIBRARY_PATTERNS = (
 
 @dataclass(frozen=True)
 class Framework:
-    area: str  # also the check area: pytorch | tensorflow
+    area: str  # also the check area: pytorch | tensorflow (envkit.vocab.Framework)
     module: str  # importable name
     script: str  # probe script in envkit/doctor/scripts
     install_hint: str
@@ -51,30 +48,22 @@ class Framework:
 
 
 FRAMEWORKS = (
-    Framework("pytorch", "torch", "torch_probe.py", "pip install 'envkit[torch]'", ("torch",)),
     Framework(
-        "tensorflow",
+        FrameworkName.PYTORCH.value, "torch", "torch_probe.py", "pip install 'envkit[torch]'", ("torch",)
+    ),
+    Framework(
+        FrameworkName.TENSORFLOW.value,
         "tensorflow",
         "tf_probe.py",
         "pip install 'envkit[tf]'",
         ("tensorflow", "tensorflow-cpu", "tf-nightly", "keras"),
     ),
 )
+BY_AREA = {fw.area: fw for fw in FRAMEWORKS}
 
-
-# Probe children in flight: they run in their own sessions, so a Ctrl-C at the
-# terminal does not reach them; the runner kills them on KeyboardInterrupt.
-_LIVE: set[subprocess.Popen] = set()
-_LIVE_LOCK = threading.Lock()
-
-
-def kill_live_probes() -> None:
-    """Kill every probe child (and its process group) still running."""
-    with _LIVE_LOCK:
-        live = list(_LIVE)
-    for proc in live:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(proc.pid, signal.SIGKILL)
+# A probe past its timeout is hung (CUDA init, an import on a dead mount): SIGTERM first,
+# SIGKILL after this long; it has already had its whole --timeout.
+KILL_GRACE_S = 1.0
 
 
 @dataclass
@@ -91,47 +80,27 @@ class ScriptOutcome:
 def run_probe_script(
     python: str, script: Path, timeout_s: float, env: dict[str, str] | None = None
 ) -> ScriptOutcome:
-    """Run `python script`; kill its whole process group if it outlives `timeout_s`."""
-    start = time.perf_counter()
+    """Run `python script`; its whole process group is killed if it outlives `timeout_s`."""
     child_env = dict(os.environ if env is None else env)
     # Hide TF's INFO lines (CPU feature banners) but keep its WARNINGs: library-load failures.
     child_env.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
     child_env.setdefault("PYTHONUNBUFFERED", "1")
     try:
-        proc = subprocess.Popen(
-            [python, str(script)],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            env=child_env,
-            start_new_session=True,  # its own process group, so a kill reaches grandchildren
-        )
+        result = run_process([python, str(script)], timeout_s=timeout_s, env=child_env, grace_s=KILL_GRACE_S)
     except OSError as exc:
         return ScriptOutcome("crashed", None, f"cannot start {python}: {exc}", None, 0.0)
-    with _LIVE_LOCK:
-        _LIVE.add(proc)
-    try:
-        stdout, stderr = proc.communicate(timeout=timeout_s)
-    except subprocess.TimeoutExpired:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        stdout, stderr = proc.communicate()
-        return ScriptOutcome("timeout", None, stderr, None, time.perf_counter() - start)
-    finally:
-        with _LIVE_LOCK:
-            _LIVE.discard(proc)
-    elapsed = time.perf_counter() - start
+    if result.timed_out:
+        return ScriptOutcome("timeout", None, result.stderr, None, result.duration_s)
     payload = None
-    for line in reversed(stdout.splitlines()):
+    for line in reversed(result.stdout.splitlines()):
         if line.startswith(MARK):
             try:
                 payload = json.loads(line[len(MARK) :])
             except json.JSONDecodeError:
                 payload = None
             break
-    state = "ok" if payload is not None and proc.returncode == 0 else "crashed"
-    return ScriptOutcome(state, payload, stderr, proc.returncode, elapsed)
+    state = "ok" if payload is not None and result.returncode == 0 else "crashed"
+    return ScriptOutcome(state, payload, result.stderr, result.returncode, result.duration_s)
 
 
 def arch_support(capability: str, arch_list: list[str]) -> str:
@@ -233,7 +202,9 @@ def probe_framework(fw: Framework, opts: DoctorOptions) -> ProbeResult:
             ],
             {"installed": not missing, "state": "import_error"},
         )
-    judge = _judge_pytorch if fw.area == "pytorch" else _judge_tensorflow
+    judge = {FrameworkName.PYTORCH: _judge_pytorch, FrameworkName.TENSORFLOW: _judge_tensorflow}[
+        FrameworkName(fw.area)
+    ]
     checks, facts = judge(payload, outcome, opts)
     for c in checks:
         c.elapsed_s = round(outcome.elapsed_s, 3)
@@ -311,7 +282,13 @@ def _gpu_device_check(
                 "CUDA build, but it sees no GPU" + (f": {why}" if why else ""),
                 "check the driver (area driver/gpu above), CUDA_VISIBLE_DEVICES, and --gpus for containers",
             )
-        return Check(area, "gpu devices", NOT_APPLICABLE, "CUDA build on a machine without a GPU")
+        return Check(
+            area,
+            "gpu devices",
+            NOT_APPLICABLE,
+            "CUDA build, no GPU visible: on a GPU host run the container with `--gpus all` "
+            "(NVIDIA Container Toolkit); CPU work runs meanwhile",
+        )
     names = ", ".join(f"{g['device']} {g.get('name')} (cc {g.get('capability')})" for g in gpus)
     return Check(area, "gpu devices", OK, names, details={"devices": gpus})
 
@@ -463,8 +440,8 @@ def _judge_tensorflow(payload: dict[str, Any], outcome: ScriptOutcome, opts: Doc
 
 
 def probe_pytorch(opts: DoctorOptions) -> ProbeResult:
-    return probe_framework(FRAMEWORKS[0], opts)
+    return probe_framework(BY_AREA[FrameworkName.PYTORCH], opts)
 
 
 def probe_tensorflow(opts: DoctorOptions) -> ProbeResult:
-    return probe_framework(FRAMEWORKS[1], opts)
+    return probe_framework(BY_AREA[FrameworkName.TENSORFLOW], opts)
