@@ -7,6 +7,7 @@ compatibility verdicts, bench's peak table) reads it through this module.
 from __future__ import annotations
 
 import functools
+import re
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -58,13 +59,42 @@ class DriverRequirement:
 @dataclass(frozen=True)
 class GpuPeak:
     name: str
-    match: tuple[str, ...]
+    match: tuple[str, ...]  # the exact nvmlDeviceGetName strings of this SKU
     tflops: dict[str, float | None]
+    sms: int | None = None  # the whole GPU's SM count (scales a MIG slice)
 
     def peak(self, dtype: str) -> float | None:
         if dtype not in DTYPES:
             raise MatrixError(f"unknown dtype {dtype!r}; expected one of {', '.join(DTYPES)}")
         return self.tflops.get(dtype)
+
+
+# nvmlDeviceGetName / torch name of a MIG device: "<whole GPU's name> MIG <profile>",
+# e.g. "NVIDIA H100 80GB HBM3 MIG 1g.10gb", "NVIDIA A100-SXM4-40GB MIG 3g.20gb".
+_MIG_NAME = re.compile(r"^(?P<base>.+?)\s+MIG\s+(?P<profile>\d+g\.\d+gb(?:\+\w+)?)$", re.IGNORECASE)
+
+
+def _name_key(name: str) -> str:
+    return " ".join(str(name).split()).casefold()
+
+
+def split_mig_name(name: str) -> tuple[str, str | None]:
+    """'NVIDIA H100 80GB HBM3 MIG 1g.10gb' -> ('NVIDIA H100 80GB HBM3', '1g.10gb'); no MIG: (name, None)."""
+    match = _MIG_NAME.match(" ".join(str(name).split()))
+    if not match:
+        return str(name).strip(), None
+    return match["base"], match["profile"]
+
+
+@dataclass(frozen=True)
+class PeakLookup:
+    """A GPU's dense peak for one dtype, or why there is none."""
+
+    tflops: float | None
+    reason: str | None  # set whenever tflops is None
+    row: GpuPeak | None = None
+    mig_profile: str | None = None
+    scale: float = 1.0  # a MIG slice's share of the whole GPU's SMs
 
 
 @dataclass(frozen=True)
@@ -136,15 +166,49 @@ class Matrix:
 
     # -- GPUs --------------------------------------------------------------
     def gpu(self, nvml_name: str) -> GpuPeak | None:
-        """The peak row for an NVML device name, or None if unknown."""
+        """The peak row whose NVML names include `nvml_name` exactly (a MIG suffix is ignored)."""
+        base, _ = split_mig_name(nvml_name)
+        key = _name_key(base)
         for row in self.gpus:
-            if any(pattern.lower() in nvml_name.lower() for pattern in row.match):
+            if any(_name_key(name) == key for name in row.match):
                 return row
         return None
 
-    def peak_tflops(self, nvml_name: str, dtype: str) -> float | None:
+    def peak_lookup(self, nvml_name: str, dtype: str, sm_count: int | None = None) -> PeakLookup:
+        """The dense `dtype` peak of the GPU named `nvml_name`, scaled to a MIG slice's SMs.
+
+        `sm_count` is the device's multiprocessor count as CUDA reports it (for a MIG
+        slice, the slice's own). Never raises for an unknown GPU: the reason says what to do.
+        """
+        if dtype not in DTYPES:
+            raise MatrixError(f"unknown dtype {dtype!r}; expected one of {', '.join(DTYPES)}")
+        base, profile = split_mig_name(nvml_name)
         row = self.gpu(nvml_name)
-        return row.peak(dtype) if row else None
+        if row is None:
+            return PeakLookup(None, f"unknown GPU {base!r}: add it to matrix.yaml")
+        peak = row.peak(dtype)
+        if peak is None:
+            return PeakLookup(None, f"the matrix lists no dense {dtype} peak for {row.name}", row, profile)
+        if profile is None and (sm_count is None or row.sms is None or sm_count >= row.sms):
+            return PeakLookup(peak, None, row)
+        # A MIG slice (or a device CUDA reports with fewer SMs): its share of the whole GPU.
+        what = f"MIG slice {profile} of {row.name}" if profile else f"{row.name} with {sm_count} SMs"
+        if row.sms is None:
+            return PeakLookup(
+                None, f"{what}: the matrix lacks {row.name}'s SM count to scale by", row, profile
+            )
+        if sm_count is None:
+            return PeakLookup(
+                None,
+                f"{what}: its SM count is unknown, so its share of the {row.sms}-SM peak is too",
+                row,
+                profile,
+            )
+        scale = sm_count / row.sms
+        return PeakLookup(peak * scale, None, row, profile, scale)
+
+    def peak_tflops(self, nvml_name: str, dtype: str, sm_count: int | None = None) -> float | None:
+        return self.peak_lookup(nvml_name, dtype, sm_count).tflops
 
     # -- images ------------------------------------------------------------
     def image(self, name: str, variant: str = "cpu") -> ImageRow:
@@ -172,8 +236,9 @@ def parse_matrix(data: dict[str, Any]) -> Matrix:
         gpus = tuple(
             GpuPeak(
                 name=g["name"],
-                match=tuple(g["match"]),
+                match=tuple(str(n) for n in g["nvml_names"]),
                 tflops={d: (None if g.get(d) is None else float(g[d])) for d in DTYPES},
+                sms=None if g.get("sms") is None else int(g["sms"]),
             )
             for g in gp["gpus"]
         )

@@ -17,7 +17,9 @@ from types import ModuleType
 from typing import Any
 
 # Clock-event ("throttle") reason bits, as nvidia-ml-py names them
-# (nvmlClocksEventReason* == the deprecated nvmlClocksThrottleReason*).
+# (nvmlClocksEventReason* == the deprecated nvmlClocksThrottleReason*; BoardLimit and
+# Reliability exist only under the old name). tests/unit/test_nvml.py checks every value
+# against the installed pynvml, so this table cannot drift from nvml.h.
 THROTTLE_BITS: tuple[tuple[int, str], ...] = (
     (0x001, "gpu_idle"),
     (0x002, "applications_clocks_setting"),
@@ -31,8 +33,21 @@ THROTTLE_BITS: tuple[tuple[int, str], ...] = (
     (0x200, "board_limit"),
     (0x400, "reliability"),
 )
-# The bits that mean the GPU runs slower than it could because of heat or power.
-THERMAL_OR_POWER_BITS = 0x004 | 0x008 | 0x020 | 0x040 | 0x080
+# What a healthy GPU reports in normal work. nvml.h: SwPowerCap means "SW Power Scaling
+# algorithm is reducing the clocks below requested clocks" -- an H100/H200 running a large
+# GEMM sits at its power limit with this bit set, which is how it is designed to run.
+# SyncBoost (clocks aligned across a sync-boost group), ApplicationsClocksSetting (clocks
+# an admin set), GpuIdle and DisplayClockSetting are not faults either.
+EXPECTED_BITS = 0x001 | 0x002 | 0x004 | 0x010 | 0x100
+# The bits that mean something is wrong: heat (SW/HW thermal slowdown), the board's
+# HW slowdown (thermal or an external power brake), or the power-brake assertion.
+PROBLEM_BITS = 0x008 | 0x020 | 0x040 | 0x080
+# Kept for callers that ask "is heat or power holding the clocks down at all?".
+THERMAL_OR_POWER_BITS = 0x004 | PROBLEM_BITS
+SW_POWER_CAP_BIT = 0x004
+GPU_IDLE_BIT = 0x001
+# A GPU drawing at least this share of its enforced limit is "at its power limit".
+AT_POWER_LIMIT = 0.95
 
 # NVML return codes (nvml.h; identical in every nvidia-ml-py release).
 _LIBRARY_NOT_FOUND = 12
@@ -155,8 +170,59 @@ def decode_throttle_reasons(mask: int) -> list[str]:
 
 
 def is_thermal_or_power(mask: int) -> bool:
-    """True when heat or a power cap is holding the clocks down."""
+    """True when heat or a power cap (expected or not) is holding the clocks down."""
     return bool(mask & THERMAL_OR_POWER_BITS)
+
+
+def problem_reasons(mask: int) -> list[str]:
+    """The reasons in ``mask`` that mean a fault (heat, HW slowdown, power brake)."""
+    return decode_throttle_reasons(mask & PROBLEM_BITS)
+
+
+def is_problem(mask: int) -> bool:
+    """True when a clock-event reason means the GPU is held down by a fault, not by design."""
+    return bool(mask & PROBLEM_BITS)
+
+
+def clock_evidence(
+    sm_clock_mhz: float | None,
+    max_sm_clock_mhz: float | None,
+    power_w: float | None,
+    power_limit_w: float | None,
+) -> str:
+    """'SM 1680/1980 MHz (85% of max), 698/700 W (100% of limit)' from whatever is known."""
+    parts = []
+    if sm_clock_mhz is not None and max_sm_clock_mhz:
+        parts.append(
+            f"SM {sm_clock_mhz:.0f}/{max_sm_clock_mhz:.0f} MHz ({sm_clock_mhz / max_sm_clock_mhz:.0%} of max)"
+        )
+    elif sm_clock_mhz is not None:
+        parts.append(f"SM {sm_clock_mhz:.0f} MHz")
+    if power_w is not None and power_limit_w:
+        parts.append(f"{power_w:.0f}/{power_limit_w:.0f} W ({power_w / power_limit_w:.0%} of limit)")
+    return ", ".join(parts) or "clocks and power not reported"
+
+
+def clock_state(mask: int | None, power_w: float | None = None, power_limit_w: float | None = None) -> str:
+    """One phrase for a clock-event mask: what a user should read it as.
+
+    'throttled: <reasons>' is the only one that means a problem.
+    """
+    if mask is None:
+        return "clock-event reasons not reported"
+    if mask & PROBLEM_BITS:
+        return "throttled: " + ", ".join(problem_reasons(mask))
+    if mask & SW_POWER_CAP_BIT or (
+        power_w is not None and power_limit_w and power_w >= AT_POWER_LIMIT * power_limit_w
+    ):
+        return "power-limited (expected under load)"
+    if mask & GPU_IDLE_BIT:
+        return "idle"
+    if mask & 0x002:
+        return "application clocks set"
+    if mask & 0x010:
+        return "sync boost"
+    return "no clock events"
 
 
 def optional(nvml: Any, fn: str, *args: Any) -> Any:
@@ -198,6 +264,15 @@ class GpuSample:
     def thermal_or_power_limited(self) -> bool:
         return self.throttle_mask is not None and is_thermal_or_power(self.throttle_mask)
 
+    @property
+    def problem(self) -> bool:
+        """A fault reason (heat, HW slowdown, power brake) is set; SwPowerCap alone is not one."""
+        return self.throttle_mask is not None and is_problem(self.throttle_mask)
+
+    @property
+    def state(self) -> str:
+        return clock_state(self.throttle_mask, self.power_w, self.power_limit_w)
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "index": self.index,
@@ -211,6 +286,8 @@ class GpuSample:
             "throttle_mask": self.throttle_mask,
             "throttle_reasons": list(self.throttle_reasons),
             "thermal_or_power_limited": self.thermal_or_power_limited,
+            "problem": self.problem,
+            "state": self.state,
         }
 
 

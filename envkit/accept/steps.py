@@ -87,15 +87,14 @@ def step_doctor(opts: AcceptOptions) -> Step:
 
 def _slowdowns(samples_by_gpu: dict[int, list[Any]]) -> dict[str, list[str]]:
     """Problem clock-event reasons seen under load, per GPU (SwPowerCap etc. are expected)."""
-    from envkit import nvml
+    from envkit.nvml import problem_reasons
 
-    problem_of = getattr(nvml, "problem_reasons", None)
     out: dict[str, list[str]] = {}
     for index, samples in samples_by_gpu.items():
         reasons: set[str] = set()
         for s in samples:
-            if problem_of is not None and s.throttle_mask is not None:
-                reasons.update(problem_of(s.throttle_mask))
+            if s.throttle_mask is not None:
+                reasons.update(problem_reasons(s.throttle_mask))
         out[f"gpu{index}"] = sorted(reasons)
     return out
 

@@ -113,6 +113,9 @@ class MatmulKernel(ABC):
 
     backend: str = ""
     layout: str = CPU_LAYOUT
+    # "host": perf_counter around a synchronised call (includes dispatch);
+    # "cuda_events": device events around the product only. Never compare the two.
+    timing: str = "host"
 
     def __init__(self, shape: Shape, dtype: str, device: str) -> None:
         self.shape = shape

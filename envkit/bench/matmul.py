@@ -33,13 +33,19 @@ from envkit.bench.kernels import (
 )
 from envkit.bench.report import new_document
 from envkit.bench.shapes import Shape, preset_shapes
-from envkit.bench.stats import efficiency, geometric_mean, matmul_flops, rate_stats, timing_stats
+from envkit.bench.stats import call_rate_stats, efficiency, geometric_mean, matmul_flops, timing_stats
 from envkit.bench.telemetry import GpuSampler, nvml_index_for, nvml_inventory
 from envkit.matrix import load_matrix
 
 CPU_PEAK_REASON = (
     "no dense peak is known for CPUs: it depends on the SIMD units, FMA ports and the sustained "
     "all-core clock under load, which the OS does not report honestly"
+)
+
+
+HOST_TIMED_GPU_NOTE = (
+    "host-timed: the clock runs around an eager call and a device synchronisation, so "
+    "dispatch is included; these figures are not comparable with torch's CUDA-event timing"
 )
 
 
@@ -68,6 +74,7 @@ class Target:
     index: int | None = None
     name: str = "cpu"
     uuid: str | None = None
+    sm_count: int | None = None  # CUDA's multiprocessor count (a MIG slice's own)
 
 
 @dataclass
@@ -80,6 +87,9 @@ class MatmulOptions:
     shapes: list[Shape] | None = None  # explicit shapes override the preset
     policy: TimingPolicy | None = None  # None: CPU_POLICY / GPU_POLICY
     warmup_s: float | None = None  # overrides the policy's warm-up (both first and later shapes)
+    # Whole-device warm-up before the first shape on each device (mamf-finder's --warmup-s,
+    # 30 s there): long enough for clocks, power and temperature to reach steady state.
+    device_warmup_s: float = 0.0
     min_time_s: float | None = None  # overrides the policy's timed seconds per shape
     sample_size: int = 16
 
@@ -112,7 +122,8 @@ def _gpu_targets(backend: str, wanted: list[int] | None) -> list[Target]:
         for i in range(count):
             props = torch.cuda.get_device_properties(i)
             uuid = str(getattr(props, "uuid", "") or "") or None
-            targets.append(Target("torch", "gpu", f"cuda:{i}", i, props.name, uuid))
+            sms = getattr(props, "multi_processor_count", None)
+            targets.append(Target("torch", "gpu", f"cuda:{i}", i, props.name, uuid, sms))
     elif backend == "tensorflow":
         from envkit.bench.tf_kernel import tensorflow
 
@@ -192,7 +203,8 @@ def measure_shape(
         if time.perf_counter() >= deadline:
             break
     iters = min(policy.max_iters, max(policy.min_iters, math.ceil(policy.min_time_s / max(last, 1e-9))))
-    stats = timing_stats(kernel.time_calls(iters))
+    calls = kernel.time_calls(iters)
+    stats = timing_stats(calls)
     rng = np.random.default_rng()
     rows = sample_indices(shape.m, sample_size, rng)
     cols = sample_indices(shape.n, sample_size, rng)
@@ -200,7 +212,8 @@ def measure_shape(
     bound = ERROR_BOUNDS[kernel.dtype]
     passed = error <= bound
     flops = matmul_flops(shape.m, shape.n, shape.k)
-    rates = {key: value / 1e12 for key, value in rate_stats(flops, stats).items()}
+    # per shape: max, median and mean TFLOP/s over the timed calls, as mamf-finder reports them
+    rates = {key: value / 1e12 for key, value in call_rate_stats(flops, calls).items()}
     return {
         "m": shape.m,
         "n": shape.n,
@@ -231,13 +244,8 @@ def measure_shape(
 def _peak(target: Target, dtype: str) -> tuple[float | None, str | None]:
     if target.kind == "cpu":
         return None, CPU_PEAK_REASON
-    peak = load_matrix().peak_tflops(target.name, dtype)
-    if peak is None:
-        row = load_matrix().gpu(target.name)
-        if row is None:
-            return None, f"{target.name} is not in the version matrix's GPU peak table"
-        return None, f"the version matrix lists no dense {dtype} peak for {row.name}"
-    return peak, None
+    look = load_matrix().peak_lookup(target.name, dtype, target.sm_count)
+    return look.tflops, look.reason
 
 
 def finish_run(run: dict[str, Any]) -> dict[str, Any]:
@@ -328,6 +336,7 @@ def run_matmul(
             "nvml": None if nvml_reason is None else {"unavailable": nvml_reason},
         }
     runs: list[dict[str, Any]] = doc["results"]
+    warmed: set[tuple[str, str]] = set()  # (backend, device) already warmed up
     try:
         for target, dtype in plan:
             kind_policy = _policy(options, target.kind)
@@ -338,9 +347,7 @@ def run_matmul(
                 nvml_index = nvml_index_for(target.uuid, target.index or 0, inventory)
                 if nvml_index is not None:
                     nvml_name = next(s.name for s in inventory if s.index == nvml_index)
-            peak, peak_reason = _peak(
-                Target(target.backend, target.kind, target.device, target.index, nvml_name), dtype
-            )
+            peak, peak_reason = _peak(replace(target, name=nvml_name), dtype)
             run: dict[str, Any] = {
                 "backend": target.backend,
                 "device": target.device,
@@ -360,6 +367,13 @@ def run_matmul(
                 "throttled": None,
             }
             runs.append(run)
+            if options.device_warmup_s > 0 and (target.backend, target.device) not in warmed and shapes:
+                cls = (kernels or {}).get(target.backend) or kernel_class(target.backend)
+                run["device_warmup"] = device_warmup(
+                    cls, shapes[0], dtype, target.device, options.device_warmup_s
+                )
+                if run["device_warmup"]["calls"]:
+                    warmed.add((target.backend, target.device))
             sampler = GpuSampler(nvml_index, nvml=nvml).start() if nvml_index is not None else None
             try:
                 _run_shapes(
@@ -386,6 +400,32 @@ def run_matmul(
     return doc
 
 
+def device_warmup(
+    cls: type[MatmulKernel], shape: Shape, dtype: str, device: str, seconds: float
+) -> dict[str, Any]:
+    """Run `shape` back to back for `seconds` so the device reaches its thermal steady state.
+
+    Like mamf-finder's --warmup-s: done once per device, before its first measured
+    shape. A dtype the device cannot run warms nothing (calls 0, with the reason).
+    """
+    out: dict[str, Any] = {"seconds_requested": seconds, "shape": str(shape), "dtype": dtype, "calls": 0}
+    kernel = None
+    start = time.perf_counter()
+    try:
+        kernel = cls(shape, dtype, device)
+        deadline = start + seconds
+        while time.perf_counter() < deadline:
+            kernel.time_calls(1)
+            out["calls"] += 1
+    except KernelUnsupported as exc:
+        out["reason"] = str(exc)
+    finally:
+        if kernel is not None:
+            kernel.close()
+    out["seconds"] = time.perf_counter() - start
+    return out
+
+
 def _run_shapes(
     run: dict[str, Any],
     target: Target,
@@ -404,6 +444,9 @@ def _run_shapes(
         try:
             kernel = cls(shape, dtype, target.device)
             run["layout"] = kernel.layout
+            run["timing"] = kernel.timing
+            if target.kind == "gpu" and kernel.timing == "host":
+                run["timing_note"] = HOST_TIMED_GPU_NOTE
             result = measure_shape(kernel, policy, first=i == 0, sample_size=sample_size)
         except ShapeUnsupported as exc:
             result = {
@@ -419,7 +462,7 @@ def _run_shapes(
             if on_progress:
                 on_progress(run, {"status": "skipped", "skipped_shapes": len(shapes) - i})
             return
-        except (RuntimeError, MemoryError, ValueError) as exc:  # e.g. out of device memory
+        except Exception as exc:  # out of device memory, an API this build lacks: a row, not a crash
             result = {
                 "m": shape.m,
                 "n": shape.n,
@@ -454,6 +497,7 @@ def _options_dict(options: MatmulOptions) -> dict[str, Any]:
         "preset": None if options.shapes else options.preset,
         "shapes": [str(s) for s in options.shapes] if options.shapes else None,
         "policy": {kind: dict(_policy(options, kind).__dict__) for kind in ("cpu", "gpu")},
+        "device_warmup_s": options.device_warmup_s,
     }
 
 

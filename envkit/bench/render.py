@@ -88,10 +88,16 @@ def matmul_summary_table(doc: dict[str, Any]) -> Table:
             fmt(run.get("geomean_tflops")),
             fmt(run.get("peak_tflops")) if run.get("peak_tflops") else "null",
             pct(run.get("efficiency")),
-            "—" if throttled is None else ("[bold red]yes[/]" if throttled else "no"),
+            "—" if throttled is None else ("[bold red]yes[/]" if throttled else _not_throttled(run)),
             status_text(run["status"]) + (f" {run['message']}" if run.get("message") else ""),
         )
     return table
+
+
+def _not_throttled(run: dict[str, Any]) -> str:
+    """'no', or 'no (power-limited)' for a GPU at its power limit: expected under load."""
+    state = (run.get("telemetry") or {}).get("clock_state") or ""
+    return "no (power-limited)" if state.startswith("power-limited") else "no"
 
 
 def matmul_notes(doc: dict[str, Any]) -> list[str]:

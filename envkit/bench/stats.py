@@ -67,6 +67,22 @@ def rate_stats(work: float, stats: TimingStats) -> dict[str, float]:
     }
 
 
+def call_rate_stats(work: float, seconds: Sequence[float]) -> dict[str, float]:
+    """max/median/mean/min of the per-call rates work/t, the statistics mamf-finder prints.
+
+    The mean is the mean of the per-call rates (not work over the mean time, which is a
+    harmonic mean and sits below it); median and max equal work/median(t) and work/min(t).
+    """
+    stats = timing_stats(seconds)  # validates: non-empty, finite, positive
+    rates = sorted(work / float(t) for t in seconds)
+    return {
+        "max": rates[-1],
+        "median": work / stats.median,
+        "mean": statistics.fmean(rates),
+        "min": rates[0],
+    }
+
+
 def geometric_mean(values: Iterable[float]) -> float:
     """Geometric mean of positive values (mamf-finder's summary across shapes)."""
     vals = list(values)

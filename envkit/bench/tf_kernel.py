@@ -2,6 +2,17 @@
 
 tensorflow is imported here, never at CLI start-up. TensorFlow enables TF32 for
 float32 matmuls on Ampere+ by default, so fp32 turns it off and tf32 on, explicitly.
+
+Two GPU facts shape this kernel:
+
+- TensorFlow keeps int32 tensors in host memory even on a GPU device (its GPU kernels
+  for int32 are registered with HostMemory), so an int32 `tf.fill` never touches the
+  L2. The cache flush therefore fills a float32 buffer, which TensorFlow places and
+  writes on the device; `flush_device` records where it really landed.
+- TensorFlow has no public device-event timer, so a GPU call is timed on the host
+  around `sync_devices()`: it includes eager dispatch and one synchronisation. Such
+  figures carry `timing: "host"` and are lower than torch's CUDA-event figures for
+  small shapes; never compare the two.
 """
 
 from __future__ import annotations
@@ -60,6 +71,7 @@ class TensorflowKernel(MatmulKernel):
     """tf.linalg.matmul in eager mode; TensorFlow allocates a fresh output per call."""
 
     backend = "tensorflow"
+    timing = "host"
 
     def __init__(self, shape: Shape, dtype: str, device: str = "cpu") -> None:
         super().__init__(shape, dtype, device)
@@ -95,8 +107,10 @@ class TensorflowKernel(MatmulKernel):
             b_shape = (n, k) if self.layout == GPU_LAYOUT else (k, n)
             self.b = tf.cast(tf.random.normal(b_shape, dtype=base), tf_dtype)
         self.c = None
+        self.flush_device: str | None = None
         if self._gpu:
-            self._flush_elems = GPU_FLUSH_BYTES // 4
+            self._flush_elems = GPU_FLUSH_BYTES // 4  # float32 elements
+            self._flush_value = 0.0
             self._l2 = None
         else:
             self._flusher = host_flusher()
@@ -113,7 +127,10 @@ class TensorflowKernel(MatmulKernel):
         if self._gpu:
             with tf.device(self._tf_device):
                 self._l2 = None
-                self._l2 = tf.fill([self._flush_elems], 0)
+                # float32, not int32: TF's int32 Fill on a GPU writes host memory
+                self._flush_value += 1.0
+                self._l2 = tf.fill([self._flush_elems], tf.constant(self._flush_value, tf.float32))
+            self.flush_device = self._l2.device
         else:
             self._flusher.flush()
 

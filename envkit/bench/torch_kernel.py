@@ -38,6 +38,50 @@ def torch_dtype(dtype: str):
     }[dtype]
 
 
+# The call envkit makes: scales as the 3rd/4th positional arguments, one tensor back.
+# That is torch._scaled_mm's form from PyTorch 2.5 on; 2.1-2.4 took scale_a/scale_b as
+# keyword-only and returned (out, amax), so the same call raises TypeError there.
+_SCALED_MM_POSITIONAL = ["self", "mat2", "scale_a", "scale_b"]
+
+
+def scaled_mm_schema_problem(schema: str, version: str) -> str | None:
+    """Why the aten::_scaled_mm `schema` (its text) cannot take envkit's fp8 call, or None."""
+    try:
+        params, returns = schema.split("(", 1)[1].rsplit(") ->", 1)
+    except (IndexError, ValueError):
+        return f"torch {version}: cannot read torch._scaled_mm's signature ({schema!r})"
+    positional = []
+    for param in params.split(","):
+        param = param.strip()
+        if param == "*":
+            break
+        positional.append(param.split()[-1].split("=")[0] if param else "")
+    if positional[:4] != _SCALED_MM_POSITIONAL:
+        return (
+            f"torch {version}'s torch._scaled_mm takes no positional scale_a/scale_b "
+            f"({', '.join(positional)}); fp8 here needs the positional-scale form of torch 2.4/2.5+"
+        )
+    if returns.strip().startswith("("):
+        return (
+            f"torch {version}'s torch._scaled_mm returns a tuple; "
+            "fp8 here needs the positional-scale form of torch 2.4/2.5+"
+        )
+    return None
+
+
+def fp8_api_problem(torch=None) -> str | None:
+    """Why this torch cannot run envkit's fp8 matmul (the API, not the GPU), or None."""
+    torch = torch or _torch()
+    version = str(getattr(torch, "__version__", "?"))
+    if getattr(torch, "float8_e4m3fn", None) is None:
+        return f"torch {version} has no float8_e4m3fn dtype (fp8 needs torch 2.4/2.5+)"
+    try:
+        schema = str(torch.ops.aten._scaled_mm.default._schema)
+    except (AttributeError, RuntimeError):
+        return f"torch {version} has no torch._scaled_mm (fp8 needs torch 2.4/2.5+)"
+    return scaled_mm_schema_problem(schema, version)
+
+
 def cuda_unsupported_reason(dtype: str, index: int) -> str | None:
     """Why CUDA device `index` cannot run `dtype` at full speed, or None if it can."""
     torch = _torch()
@@ -48,8 +92,7 @@ def cuda_unsupported_reason(dtype: str, index: int) -> str | None:
     if dtype == "fp8":
         if (major, minor) < (8, 9):
             return f"{name} (compute capability {major}.{minor}) has no fp8 tensor cores (needs 8.9+)"
-        if torch_dtype("fp8") is None or not hasattr(torch, "_scaled_mm"):
-            return f"torch {torch.__version__} lacks float8_e4m3fn/_scaled_mm (needs torch 2.1+)"
+        return fp8_api_problem(torch)
     return None
 
 
@@ -64,6 +107,7 @@ class TorchKernel(MatmulKernel):
         self._dev = torch.device(device)
         self._cuda = self._dev.type == "cuda"
         self.layout = GPU_LAYOUT if self._cuda else CPU_LAYOUT
+        self.timing = "cuda_events" if self._cuda else "host"
         if self._cuda:
             reason = cuda_unsupported_reason(dtype, self._dev.index or 0)
             if reason:
@@ -87,6 +131,7 @@ class TorchKernel(MatmulKernel):
                 self.b = torch.randn(n, k, device=self._dev).to(fp8).t()
                 self._scale = torch.ones((), device=self._dev)
                 out_dtype = torch.bfloat16
+                self._scaled_mm_out = "out" in torch.ops.aten._scaled_mm.overloads()
             else:
                 out_dtype = torch_dtype(dtype)
                 self.a = torch.randn(m, k, device=self._dev, dtype=out_dtype)
@@ -104,7 +149,14 @@ class TorchKernel(MatmulKernel):
         torch = _torch()
         with torch.no_grad():
             if self.dtype == "fp8":
-                torch._scaled_mm(self.a, self.b, self._scale, self._scale, out_dtype=self.c.dtype, out=self.c)
+                if self._scaled_mm_out:
+                    torch._scaled_mm(
+                        self.a, self.b, self._scale, self._scale, out_dtype=self.c.dtype, out=self.c
+                    )
+                else:  # no out= overload in this build: a fresh output per call, as TF does
+                    self.c = torch._scaled_mm(
+                        self.a, self.b, self._scale, self._scale, out_dtype=self.c.dtype
+                    )
             else:
                 torch.mm(self.a, self.b, out=self.c)
 

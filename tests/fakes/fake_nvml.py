@@ -7,9 +7,11 @@ module (``tests/unit/test_nvml.py`` checks that against the installed
 (``c_nvmlMemory_t``). Constants (``NVML_*``, ``nvmlClocksEventReason*``) are
 the real module's, so code under test cannot tell the difference.
 
-Scenario factories at the bottom describe the machines a user may have:
-a healthy H100, 8xH100, a driver/library mismatch, throttling, a PCIe link
-trained down, ECC errors, MIG.
+Scenario factories at the bottom describe the machines a user may have, with the
+readings a real device of that kind shows: a cold idle H100 (GpuIdle), a busy H100
+at its power limit (SwPowerCap, ~85% of max clock, power ~= limit), a hot one
+(thermal slowdown), 8xH100, a driver/library mismatch, NVML missing, a GPU fallen
+off the bus (GPU_IS_LOST), a PCIe link trained down, ECC errors, MIG.
 """
 
 from __future__ import annotations
@@ -61,6 +63,7 @@ class FakeGpu:
     persistence_mode: int | None = 1
     mig_mode: list[int] | None = field(default_factory=lambda: [0, 0])
     pci_bus_id: str = "00000000:18:00.0"
+    lost: bool = False  # fallen off the bus: every query answers NVML_ERROR_GPU_IS_LOST
 
 
 class FakeHandle:
@@ -102,7 +105,10 @@ class FakeNvml:
     def _gpu(self, handle: FakeHandle) -> FakeGpu:
         if not isinstance(handle, FakeHandle) or not 0 <= handle.index < len(self.gpus):
             raise _real.NVMLError(_real.NVML_ERROR_INVALID_ARGUMENT)
-        return self.gpus[handle.index]
+        gpu = self.gpus[handle.index]
+        if gpu.lost:
+            raise _real.NVMLError(_real.NVML_ERROR_GPU_IS_LOST)
+        return gpu
 
     def _field(self, name: str, handle: FakeHandle, attr: str) -> Any:
         self._check(name)
@@ -153,6 +159,8 @@ class FakeNvml:
         self._check("nvmlDeviceGetHandleByIndex")
         if not 0 <= index < len(self.gpus):
             raise _real.NVMLError(_real.NVML_ERROR_INVALID_ARGUMENT)
+        if self.gpus[index].lost:  # the driver cannot even hand out a handle (Xid 79)
+            raise _real.NVMLError(_real.NVML_ERROR_GPU_IS_LOST)
         return FakeHandle(index)
 
     def nvmlDeviceGetIndex(self, handle):
@@ -291,8 +299,38 @@ def _h100(index: int = 0, **changes: Any) -> FakeGpu:
 
 
 def healthy_h100() -> FakeNvml:
-    """One idle, healthy H100 SXM on driver 580 (CUDA 13.0)."""
+    """One cold, idle, healthy H100 SXM on driver 580 (CUDA 13.0): GpuIdle, 345 MHz, 71 W, 31 C."""
     return FakeNvml([_h100()])
+
+
+def busy_h100_at_power_limit() -> FakeNvml:
+    """A healthy H100 SXM running a large bf16 GEMM, as nvidia-smi shows one.
+
+    It sits at its 700 W limit with SwPowerCap set and the SM clock around 85% of the
+    1980 MHz maximum (1680 MHz), at a normal 67 C: no fault, just how it is built to run.
+    """
+    return FakeNvml(
+        [
+            _h100(
+                sm_clock_mhz=1680,
+                clocks_event_reasons=_real.nvmlClocksEventReasonSwPowerCap,
+                power_mw=699_112,
+                temperature_c=67,
+                memory_used=60_129_542_144,
+            )
+        ]
+    )
+
+
+def hot_h100() -> FakeNvml:
+    """A hot H100 (blocked airflow): thermal slowdown only, SM clock 1095/1980 MHz, 89 C, 520 W."""
+    mask = _real.nvmlClocksEventReasonSwThermalSlowdown | _real.nvmlClocksEventReasonHwThermalSlowdown
+    return FakeNvml([_h100(sm_clock_mhz=1095, clocks_event_reasons=mask, temperature_c=89, power_mw=520_300)])
+
+
+def gpu_lost() -> FakeNvml:
+    """NVML initialises but the GPU fell off the bus (Xid 79): NVML_ERROR_GPU_IS_LOST."""
+    return FakeNvml([_h100(lost=True)])
 
 
 def eight_h100() -> FakeNvml:
@@ -321,7 +359,7 @@ def no_permission() -> FakeNvml:
 
 
 def throttling() -> FakeNvml:
-    """Under load, hot and at its power cap: SM clock far below max."""
+    """Under load, hot AND at its power cap: SM clock far below max (thermal is the problem)."""
     mask = (
         _real.nvmlClocksEventReasonSwPowerCap
         | _real.nvmlClocksEventReasonSwThermalSlowdown
@@ -395,6 +433,9 @@ def mig_enabled() -> FakeNvml:
 
 SCENARIOS = {
     "healthy_h100": healthy_h100,
+    "busy_h100_at_power_limit": busy_h100_at_power_limit,
+    "hot_h100": hot_h100,
+    "gpu_lost": gpu_lost,
     "eight_h100": eight_h100,
     "driver_library_mismatch": driver_library_mismatch,
     "library_not_found": library_not_found,

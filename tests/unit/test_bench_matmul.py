@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import ClassVar
 
 import numpy as np
 import pytest
@@ -136,7 +137,12 @@ def test_gpu_peaks_come_from_the_matrix():
     peak, reason = _peak(Target("torch", "gpu", "cuda:0", 0, "Tesla V100-SXM2-32GB"), "bf16")
     assert peak is None and "no dense bf16 peak" in reason
     peak, reason = _peak(Target("torch", "gpu", "cuda:0", 0, "Mystery GPU 9000"), "bf16")
-    assert peak is None and "not in the version matrix" in reason
+    assert peak is None and reason == "unknown GPU 'Mystery GPU 9000': add it to matrix.yaml"
+    # "NVIDIA L40" once matched the L4 row by substring (efficiency above 100%)
+    assert _peak(Target("torch", "gpu", "cuda:0", 0, "NVIDIA L40"), "bf16") == (181.05, None)
+    # a MIG slice as torch names it, with its own multiprocessor count
+    mig = Target("torch", "gpu", "cuda:0", 0, "NVIDIA H100 80GB HBM3 MIG 3g.40gb", None, 60)
+    assert _peak(mig, "bf16")[0] == pytest.approx(989.4 * 60 / 132)
 
 
 def _gpu_run(device, name, median, peak=989.4):
@@ -205,3 +211,69 @@ def test_ctrl_c_keeps_the_best_result_so_far():
     assert run["status"] == "interrupted"
     assert [s["status"] for s in run["shapes"]] == ["ok"]
     assert run["best"]["shape"] == str(SHAPES[0])
+
+
+def test_shape_statistics_are_mamf_finders_max_median_mean_of_per_call_rates():
+    from envkit.bench.stats import call_rate_stats
+
+    calls = [0.001, 0.002, 0.004]
+    rates = call_rate_stats(8e9, calls)
+    # mamf-finder: per-call TFLOP/s, then max / median / mean of those
+    assert rates["max"] == pytest.approx(8e12)
+    assert rates["median"] == pytest.approx(4e12)
+    assert rates["mean"] == pytest.approx((8e12 + 4e12 + 2e12) / 3)
+    assert rates["min"] == pytest.approx(2e12)
+    doc = _run(["numpy"], ["fp32"])
+    for s in doc["results"][0]["shapes"]:
+        assert s["tflops"]["max"] >= s["tflops"]["mean"] >= s["tflops"]["min"]
+
+
+class _CountingKernel(NumpyKernel):
+    """A real numpy kernel that counts the calls made before the first timed shape."""
+
+    calls: ClassVar[list[str]] = []
+
+    def run(self) -> None:
+        _CountingKernel.calls.append(str(self.shape))
+        super().run()
+
+
+def test_device_warmup_runs_once_per_device_before_the_first_shape():
+    _CountingKernel.calls = []
+    options = MatmulOptions(
+        backends=["numpy"],
+        dtypes=["fp64", "fp32"],
+        device="cpu",
+        shapes=SHAPES,
+        policy=FAST,
+        device_warmup_s=0.05,
+    )
+    doc = run_matmul(options, kernels={"numpy": _CountingKernel})
+    assert validate(doc) == []
+    first, second = doc["results"]
+    warm = first["device_warmup"]
+    assert warm["calls"] >= 1 and warm["seconds"] >= 0.05 and warm["shape"] == str(SHAPES[0])
+    assert "device_warmup" not in second  # the device is already warm
+    assert doc["options"]["device_warmup_s"] == 0.05
+    # the warm-up calls come before any measured call
+    assert _CountingKernel.calls[: warm["calls"]] == [str(SHAPES[0])] * warm["calls"]
+
+
+class _OldTorchFp8(NumpyKernel):
+    """Stands for torch 2.1-2.4's _scaled_mm: the positional-scale call raises TypeError."""
+
+    def run(self) -> None:
+        raise TypeError("_scaled_mm() takes 2 positional arguments but 4 were given")
+
+
+def test_an_exception_in_one_dtype_is_an_error_row_not_the_end_of_the_sweep():
+    doc = _run(["numpy"], ["fp64", "fp32"], kernels={"numpy": _OldTorchFp8})
+    assert validate(doc) == []
+    assert [r["status"] for r in doc["results"]] == ["error", "error"]
+    assert all("TypeError" in s["message"] for r in doc["results"] for s in r["shapes"])
+
+
+def test_timing_method_is_recorded_per_run():
+    doc = _run(["numpy"], ["fp32"])
+    assert doc["results"][0]["timing"] == "host"
+    assert "timing_note" not in doc["results"][0]  # only GPU figures timed on the host get the warning

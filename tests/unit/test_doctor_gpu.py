@@ -100,7 +100,13 @@ def test_no_permission_warns(tmp_path) -> None:
 def test_throttling_names_the_reasons_and_the_clock(tmp_path) -> None:
     clocks = gpu_run(fake_nvml.throttling(), tmp_path)["gpu0 clocks"]
     assert clocks.status == "warn"
-    for words in ("sw_power_cap", "sw_thermal_slowdown", "hw_thermal_slowdown", "SM 1095/1980 MHz", "89 C"):
+    for words in (
+        "throttled: sw_thermal_slowdown, hw_thermal_slowdown",
+        "sw_power_cap",
+        "SM 1095/1980 MHz (55% of max)",
+        "698/700 W (100% of limit)",
+        "89 C",
+    ):
         assert words in clocks.evidence
     assert "cooling" in clocks.hint
     assert clocks.details["throttle_reasons"] == [
@@ -110,13 +116,52 @@ def test_throttling_names_the_reasons_and_the_clock(tmp_path) -> None:
     ]
 
 
-def test_power_cap_alone_points_at_the_power_limit(tmp_path) -> None:
+def test_a_hot_gpu_warns_about_cooling(tmp_path) -> None:
+    clocks = gpu_run(fake_nvml.hot_h100(), tmp_path)["gpu0 clocks"]
+    assert clocks.status == "warn"
+    assert clocks.details["state"] == "throttled: sw_thermal_slowdown, hw_thermal_slowdown"
+    assert "cooling" in clocks.hint
+
+
+def test_a_busy_gpu_at_its_power_limit_is_healthy(tmp_path) -> None:
+    # An H100 running a large GEMM sits at 700 W with SwPowerCap set and ~85% clocks:
+    # nvml.h calls SwPowerCap the power-scaling algorithm at work, not a fault.
+    checks = gpu_run(fake_nvml.busy_h100_at_power_limit(), tmp_path)
+    clocks = checks["gpu0 clocks"]
+    assert clocks.status == "ok", clocks
+    assert "power-limited (expected under load)" in clocks.evidence
+    assert "SM 1680/1980 MHz (85% of max)" in clocks.evidence
+    assert "699/700 W (100% of limit)" in clocks.evidence
+    assert all(c.status == "ok" for c in checks.values()), checks
+
+
+@pytest.mark.parametrize(
+    "bit",
+    [
+        pynvml.nvmlClocksEventReasonSyncBoost,
+        pynvml.nvmlClocksEventReasonApplicationsClocksSetting,
+        pynvml.nvmlClocksEventReasonGpuIdle,
+    ],
+)
+def test_expected_clock_events_do_not_warn(tmp_path, bit) -> None:
+    nvml = fake_nvml.FakeNvml([fake_nvml.FakeGpu(clocks_event_reasons=bit, sm_clock_mhz=1500)])
+    assert gpu_run(nvml, tmp_path)["gpu0 clocks"].status == "ok"
+
+
+def test_power_brake_warns_about_the_power_supply(tmp_path) -> None:
     nvml = fake_nvml.FakeNvml(
-        [fake_nvml.FakeGpu(clocks_event_reasons=pynvml.nvmlClocksEventReasonSwPowerCap, sm_clock_mhz=1650)]
+        [
+            fake_nvml.FakeGpu(
+                clocks_event_reasons=pynvml.nvmlClocksEventReasonHwPowerBrakeSlowdown
+                | pynvml.nvmlClocksEventReasonHwSlowdown,
+                sm_clock_mhz=900,
+            )
+        ]
     )
     clocks = gpu_run(nvml, tmp_path)["gpu0 clocks"]
     assert clocks.status == "warn"
-    assert "power limit" in clocks.hint and "cooling" not in clocks.hint
+    assert "hw_power_brake_slowdown" in clocks.evidence
+    assert "PSU" in clocks.hint and "cooling" not in clocks.hint
 
 
 def test_power_limit_lowered_below_default_warns(tmp_path) -> None:
@@ -185,6 +230,25 @@ def test_gpu_lost_mid_query_fails_instead_of_raising(tmp_path) -> None:
     assert checks["nvml"].status == "fail"
     assert "Xid" in checks["nvml"].hint
     assert nvml.initialized == 0  # the session still shut NVML down
+
+
+@pytest.mark.parametrize(
+    ("scenario", "status"),
+    [
+        ("gpu_lost", "fail"),
+        ("driver_library_mismatch", "fail"),
+        ("library_not_found", "not_present"),
+        ("driver_not_loaded", "fail"),  # a GPU is on the bus here
+    ],
+)
+def test_broken_gpu_stacks_are_reported_not_raised(tmp_path, scenario, status) -> None:
+    nvml = fake_nvml.SCENARIOS[scenario]()
+    root = make_host_tree(tmp_path / "root", gpus=1)
+    report = run_doctor(DoctorOptions(nvml=nvml, fs_root=root, only=frozenset({"gpu"})))
+    checks = by_name(report.checks)
+    assert checks["nvml"].status == status
+    assert checks["nvml"].hint
+    assert nvml.initialized == 0
 
 
 # --- kernel driver -------------------------------------------------------------

@@ -8,10 +8,16 @@ import pynvml
 import pytest
 
 from envkit.nvml import (
+    EXPECTED_BITS,
+    PROBLEM_BITS,
+    THROTTLE_BITS,
     NvmlUnavailable,
+    clock_state,
     decode_throttle_reasons,
+    is_problem,
     is_thermal_or_power,
     nvml_session,
+    sample_gpu,
     sample_gpus,
 )
 from tests.fakes import fake_nvml
@@ -130,3 +136,74 @@ def test_sample_falls_back_to_the_throttle_reason_call_on_old_drivers() -> None:
         (sample,) = sample_gpus(nvml)
     assert "sw_power_cap" in sample.throttle_reasons
     assert "nvmlDeviceGetCurrentClocksThrottleReasons" in fake.calls
+
+
+def _camel(name: str) -> str:
+    return "".join(part.capitalize() for part in name.split("_"))
+
+
+def test_every_reason_bit_is_the_value_nvidia_ml_py_defines() -> None:
+    # nvmlClocksThrottleReason* carries all eleven (BoardLimit/Reliability have no Event alias).
+    for bit, name in THROTTLE_BITS:
+        assert getattr(pynvml, f"nvmlClocksThrottleReason{_camel(name)}") == bit, name
+        event = getattr(pynvml, f"nvmlClocksEventReason{_camel(name)}", None)
+        assert event in (None, bit), name
+
+
+def test_expected_and_problem_reasons_follow_nvml_h() -> None:
+    expected = {
+        pynvml.nvmlClocksEventReasonSwPowerCap,
+        pynvml.nvmlClocksEventReasonSyncBoost,
+        pynvml.nvmlClocksEventReasonApplicationsClocksSetting,
+        pynvml.nvmlClocksEventReasonGpuIdle,
+    }
+    problems = {
+        pynvml.nvmlClocksEventReasonHwSlowdown,
+        pynvml.nvmlClocksEventReasonHwThermalSlowdown,
+        pynvml.nvmlClocksEventReasonSwThermalSlowdown,
+        pynvml.nvmlClocksEventReasonHwPowerBrakeSlowdown,
+    }
+    for bit in expected:
+        assert bit & EXPECTED_BITS and not is_problem(bit)
+    for bit in problems:
+        assert bit & PROBLEM_BITS and is_problem(bit)
+    assert EXPECTED_BITS & PROBLEM_BITS == 0
+
+
+def test_clock_state_reads_like_a_person_would() -> None:
+    cap = pynvml.nvmlClocksEventReasonSwPowerCap
+    assert clock_state(cap, 699.1, 700.0) == "power-limited (expected under load)"
+    # at the limit with no bit set yet (sampled between power-scaling steps)
+    assert clock_state(0, 690.0, 700.0) == "power-limited (expected under load)"
+    assert clock_state(pynvml.nvmlClocksEventReasonGpuIdle, 71.0, 700.0) == "idle"
+    hot = cap | pynvml.nvmlClocksEventReasonHwThermalSlowdown
+    assert clock_state(hot, 700.0, 700.0) == "throttled: hw_thermal_slowdown"
+    assert clock_state(0, 400.0, 700.0) == "no clock events"
+    assert clock_state(None) == "clock-event reasons not reported"
+
+
+def test_busy_h100_at_its_power_limit_reads_like_a_real_one() -> None:
+    with nvml_session(fake_nvml.busy_h100_at_power_limit()) as nvml:
+        (sample,) = sample_gpus(nvml)
+    assert sample.throttle_reasons == ["sw_power_cap"]
+    assert 0.80 <= sample.sm_clock_mhz / sample.max_sm_clock_mhz <= 0.90
+    assert sample.power_w / sample.power_limit_w >= 0.99
+    assert not sample.problem and sample.state == "power-limited (expected under load)"
+    assert sample.to_dict()["problem"] is False
+
+
+def test_cold_idle_and_hot_scenarios() -> None:
+    with nvml_session(fake_nvml.healthy_h100()) as nvml:
+        (idle,) = sample_gpus(nvml)
+    assert idle.throttle_reasons == ["gpu_idle"] and idle.state == "idle"
+    with nvml_session(fake_nvml.hot_h100()) as nvml:
+        (hot,) = sample_gpus(nvml)
+    assert hot.problem and hot.temperature_c >= 85
+    assert set(hot.throttle_reasons) == {"sw_thermal_slowdown", "hw_thermal_slowdown"}
+
+
+def test_a_lost_gpu_raises_the_real_gpu_is_lost_error() -> None:
+    with nvml_session(fake_nvml.gpu_lost()) as nvml:
+        with pytest.raises(pynvml.NVMLError_GpuIsLost):
+            sample_gpu(nvml, 0)
+        assert nvml.nvmlDeviceGetCount() == 1  # NVML still counts it

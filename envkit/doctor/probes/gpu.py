@@ -9,10 +9,13 @@ from envkit.doctor.model import FAIL, NOT_APPLICABLE, NOT_PRESENT, OK, WARN, Che
 from envkit.doctor.options import DoctorOptions, gpu_expected
 from envkit.nvml import (
     NvmlUnavailable,
+    clock_evidence,
+    clock_state,
     decode_throttle_reasons,
-    is_thermal_or_power,
+    is_problem,
     nvml_session,
     optional,
+    problem_reasons,
     throttle_mask,
 )
 
@@ -220,12 +223,6 @@ def pcie_check(g: GpuInfo) -> Check:
 def clocks_check(g: GpuInfo) -> Check:
     name = f"gpu{g.index} clocks"
     reasons = decode_throttle_reasons(g.throttle_mask) if g.throttle_mask is not None else []
-    clock = f"SM {g.sm_clock_mhz}/{g.max_sm_clock_mhz} MHz" if g.sm_clock_mhz is not None else "SM clock n/a"
-    power = (
-        f"{g.power_w:.0f}/{g.power_limit_w:.0f} W"
-        if g.power_w is not None and g.power_limit_w
-        else "power n/a"
-    )
     details = {
         "sm_clock_mhz": g.sm_clock_mhz,
         "max_sm_clock_mhz": g.max_sm_clock_mhz,
@@ -236,16 +233,25 @@ def clocks_check(g: GpuInfo) -> Check:
         "default_power_limit_w": g.default_power_limit_w,
         "temperature_c": g.temperature_c,
     }
+    state = clock_state(g.throttle_mask, g.power_w, g.power_limit_w)
+    evidence = clock_evidence(g.sm_clock_mhz, g.max_sm_clock_mhz, g.power_w, g.power_limit_w)
+    details["state"] = state
     problems: list[tuple[str, str, str]] = []
-    if g.throttle_mask is not None and is_thermal_or_power(g.throttle_mask):
-        hot = [r for r in reasons if "thermal" in r or r == "hw_slowdown"]
-        fix = (
-            "check cooling: fans, airflow, inlet temperature (nvidia-smi -q -d TEMPERATURE,PERFORMANCE)"
-            if hot
-            else "the board is at its power limit; check it with nvidia-smi -q -d POWER"
+    # Only fault reasons warn: SwPowerCap on a busy GPU at its limit is how it is meant to run.
+    if g.throttle_mask is not None and is_problem(g.throttle_mask):
+        cooling = "check cooling: fans, airflow, inlet temperature (nvidia-smi -q -d TEMPERATURE,PERFORMANCE)"
+        brake = (
+            "the board's power brake was asserted (an external power-supply signal): "
+            "check the PSU and its cabling (nvidia-smi -q -d PERFORMANCE)"
         )
+        # HW slowdown alone is either heat or the power brake; nvml.h does not say which
+        braked = "hw_power_brake_slowdown" in reasons
+        hot = any("thermal" in r for r in reasons) or not braked
+        fix = "; ".join(f for f, wanted in ((cooling, hot), (brake, braked)) if wanted)
         temp = f", {g.temperature_c} C" if g.temperature_c is not None else ""
-        problems.append((WARN, f"clocks held down by {', '.join(reasons)}: {clock}, {power}{temp}", fix))
+        expected = [r for r in reasons if r not in problem_reasons(g.throttle_mask)]
+        also = f" (also {', '.join(expected)}, expected)" if expected else ""
+        problems.append((WARN, f"{state}{also}: {evidence}{temp}", fix))
     if (
         g.power_limit_w
         and g.default_power_limit_w
@@ -258,8 +264,7 @@ def clocks_check(g: GpuInfo) -> Check:
                 f"restore it: sudo nvidia-smi -i {g.index} -pl {g.default_power_limit_w:.0f}",
             )
         )
-    state = "idle" if "gpu_idle" in reasons else ("no throttling" if g.throttle_mask == 0 else "")
-    ok_text = ", ".join(x for x in (clock, power, state) if x)
+    ok_text = f"{evidence}; {state}"
     return _combine(name, problems, ok_text, details)
 
 
