@@ -70,7 +70,7 @@ na() { # a GPU-only step in the CPU dry run
 
 if [[ $DEVICE == gpu ]]; then
     add nvidia-smi 10 - nvidia-smi
-    add versions 20 - "$PY" -c 'import sys, torch; print(sys.version); print("torch", torch.__version__, "cuda", torch.version.cuda, "gpus", torch.cuda.device_count())'
+    # doctor --require-gpu prints the driver, CUDA and torch versions: no separate versions step
     # the real pynvml / driver / CUDA path of every probe; a missing GPU is a failure
     add doctor 40 - "$PY" -m envkit doctor --require-gpu --skip tensorflow --output "$DEST/doctor.json"
     # gpt2-124m in bf16, torch.compile, fused AdamW, flash SDPA: MFU against the matrix's peak
@@ -79,14 +79,13 @@ if [[ $DEVICE == gpu ]]; then
     # CUDA events, every dtype the GPU supports, NVML telemetry; 10 s whole-device warm-up first
     add bench-matmul 75 - "${BENCH[@]}" matmul --backend torch --device gpu --preset quick --warmup-s 10 \
         --out "$DEST/bench-matmul.json" --plot "$DEST/bench-matmul.png"
-    # D2D and pinned + pageable H2D/D2H copies
-    add bench-memory 25 - "${BENCH[@]}" memory --device gpu --out "$DEST/bench-memory.json"
-    # NCCL process group initialised with device_id, one rank then every GPU
-    add bench-allreduce-1gpu 35 - "${BENCH[@]}" allreduce --backend nccl --nproc 1 --out "$DEST/bench-allreduce-1.json"
-    if ((GPUS > 1)); then
-        add bench-allreduce-all 40 - "${BENCH[@]}" allreduce --backend nccl --nproc "$GPUS" \
-            --out "$DEST/bench-allreduce-$GPUS.json"
-    fi
+    # envkit accept --quick: a 60 s GEMM soak on every GPU with each product checked and NVML
+    # telemetry, D2D plus pinned/pageable H2D/D2H copies (bench memory), the peer matrix, NCCL
+    # all-reduce over every GPU (process group bound with device_id), DCGM level 1 where installed.
+    # It replaces the separate bench-memory and bench-allreduce steps: it runs the same code.
+    accept_s=$((GPUS > 1 ? 125 : 110))
+    add accept "$accept_s" - "$PY" -m envkit accept --device gpu --quick --skip doctor --dcgm-level 1 \
+        --out "$DEST/accept.json"
     # every gpu-marked test (bench, doctor on the real host, training); a skip here is a failure.
     # Only the files that carry the marker are collected: the rest of the suite imports tools
     # (Docker, Ansible, TensorFlow) a GPU box need not have, and collecting it costs ~30 s.
@@ -101,6 +100,8 @@ else
     add bench-memory 60 - "${BENCH[@]}" memory --device cpu --size-mib 64 --out "$DEST/bench-memory.json"
     add bench-allreduce-2cpu 90 - "${BENCH[@]}" allreduce --backend gloo --nproc 2 --max-size 64KiB \
         --out "$DEST/bench-allreduce-2.json"
+    # the acceptance sequence on the CPU: a short checked soak, host memory, gloo all-reduce
+    add accept 110 - "$PY" -m envkit accept --device cpu --duration 10s --skip doctor --out "$DEST/accept.json"
     na gpu-tests
 fi
 

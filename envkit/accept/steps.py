@@ -187,14 +187,18 @@ def step_soak(opts: AcceptOptions, progress: Progress | None = None) -> Step:
 
 
 def expected_figure(kind: str, gpu_name: str | None) -> tuple[float | None, str | None]:
-    """(GB/s, source) the matrix expects for `kind` (hbm, p2p, busbw) on this GPU, if it knows one."""
+    """(GB/s, source) the matrix's accept_expected floors give `kind` (hbm, p2p, busbw) on this GPU."""
     from envkit.matrix import load_matrix
 
-    table = (load_matrix().raw.get("accept") or {}).get("expected") or []
-    for row in table:
-        if gpu_name and gpu_name in row.get("nvml_names", []):
-            value = row.get(f"{kind}_gbps")
-            return (float(value) if value else None), row.get("source")
+    if not gpu_name:
+        return None, None
+    matrix = load_matrix()
+    row = matrix.gpu(gpu_name)
+    table = matrix.raw.get("accept_expected") or {}
+    for floor in table.get("gpus", []):
+        if row is not None and floor.get("name") == row.name:
+            value = floor.get(f"{kind}_gbps")
+            return (float(value) if value else None), table.get("source")
     return None, None
 
 

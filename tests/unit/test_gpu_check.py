@@ -50,9 +50,10 @@ def test_the_gpu_plan_fits_its_nine_minute_budget(gpus):
     assert p["planned_s"] == sum(s["limit_s"] for s in p["steps"]) <= p["budget_s"]
     names = [s["step"] for s in p["steps"]]
     # every path with no CPU equivalent has its step: pynvml, CUDA events, pinned copies, NCCL, AdamW
-    for step in ("doctor", "train-mfu", "bench-matmul", "bench-memory", "bench-allreduce-1gpu", "gpu-tests"):
+    for step in ("doctor", "train-mfu", "bench-matmul", "accept", "gpu-tests"):
         assert step in names
-    assert ("bench-allreduce-all" in names) == (gpus == "8")
+    # accept runs bench memory and the NCCL all-reduce over every GPU: no separate steps for them
+    assert not any(n.startswith(("bench-memory", "bench-allreduce")) for n in names)
 
 
 def test_the_gpu_tests_step_runs_every_gpu_marked_test():
@@ -108,5 +109,7 @@ def test_the_full_cpu_dry_run_passes(tmp_path):
     assert proc.returncode == 0, proc.stdout[-3000:]
     assert summary["status"] == "ok" and summary["device"] == "cpu"
     ran = [s["step"] for s in summary["steps"] if s["status"] == "ok"]
-    assert ran == ["versions", "doctor", "bench-matmul", "bench-memory", "bench-allreduce-2cpu"]
+    assert ran == ["versions", "doctor", "bench-matmul", "bench-memory", "bench-allreduce-2cpu", "accept"]
     assert (tmp_path / "out" / "bench-matmul.json").exists()
+    verdict = json.loads((tmp_path / "out" / "accept.json").read_text())["verdict"]
+    assert verdict["result"] == "pass", verdict
