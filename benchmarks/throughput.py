@@ -55,7 +55,8 @@ def engine_contender(model_cfg: Any, lr: float, seed: int, threads: int) -> RunF
         from training.engines.torch_engine import TorchEngine
 
         engine = TorchEngine(
-            TrainConfig(model=model_cfg, seed=seed, threads=threads, device="cpu"), DistInfo()
+            TrainConfig(model=model_cfg, runtime={"seed": seed, "threads": threads, "device": "cpu"}),
+            DistInfo(),
         )
         engine.build("lm", model_cfg, 0, None, OptimSpec(weight_decay=0.1))
         engine.set_lr(lr)
@@ -159,9 +160,9 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     threads = torch.get_num_threads()
     cfg = resolve_config(args.preset, None, [])
-    batch = args.batch_size or cfg.batch_size
+    batch = args.batch_size or cfg.pretrain.batch_size
     batches = random_batches(cfg.model.vocab_size, batch, cfg.model.block_size, args.warmup + args.steps)
-    runs = contenders(cfg.model, cfg.lr, cfg.seed, threads, with_tf=not args.no_tf)
+    runs = contenders(cfg.model, cfg.pretrain.lr, cfg.runtime.seed, threads, with_tf=not args.no_tf)
     runs = {k: v for k, v in runs.items() if not args.only or k in args.only}
     rounds: dict[str, list[dict[str, Any]]] = {name: [] for name in runs}
     for r in range(args.rounds):

@@ -32,8 +32,8 @@ def _engine_contender(model_cfg: Any, lr: float, seed: int, threads: int, xla: b
         from training.engines.base import DistInfo, LMBatch, OptimSpec
         from training.engines.tf_engine import TFEngine
 
-        model = ModelConfig(**{k: getattr(model_cfg, k) for k in ModelConfig.__dataclass_fields__})
-        cfg = TrainConfig(model=model, seed=seed, threads=threads, device="auto")
+        model = ModelConfig(**{k: getattr(model_cfg, k) for k in ModelConfig.model_fields})
+        cfg = TrainConfig(model=model, runtime={"seed": seed, "threads": threads, "device": "auto"})
         previous = os.environ.get("ENVKIT_TF_XLA")
         os.environ["ENVKIT_TF_XLA"] = "1" if xla else "0"
         try:
@@ -176,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
     from training.core.config import resolve_config
 
     cfg = resolve_config(args.preset, None, [])
-    batch = args.batch_size or cfg.batch_size
+    batch = args.batch_size or cfg.pretrain.batch_size
     from throughput import (  # the same batches as the combined run (benchmarks/ is on sys.path)
         random_batches,
         write_results,
@@ -184,7 +184,9 @@ def main(argv: list[str] | None = None) -> int:
 
     batches = random_batches(cfg.model.vocab_size, batch, cfg.model.block_size, args.warmup + args.steps)
     results: dict[str, Any] = {}
-    for name, run in contenders(cfg.model, lr=cfg.lr, seed=cfg.seed, threads=args.threads).items():
+    for name, run in contenders(
+        cfg.model, lr=cfg.pretrain.lr, seed=cfg.runtime.seed, threads=args.threads
+    ).items():
         if args.only and name not in args.only:
             continue
         results[name] = run(batches, args.warmup)

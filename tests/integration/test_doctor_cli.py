@@ -91,7 +91,19 @@ def test_real_run_reports_the_toolkit_truthfully(real_run) -> None:
 def test_real_run_covers_every_area(real_run) -> None:
     _, report = real_run
     areas = {c["area"] for c in report["checks"]}
-    assert areas == {"host", "driver", "gpu", "cuda", "pytorch", "tensorflow", "compat", "docker", "dcgm"}
+    assert areas == {
+        "host",
+        "driver",
+        "gpu",
+        "fabric",
+        "xid",
+        "cuda",
+        "pytorch",
+        "tensorflow",
+        "compat",
+        "docker",
+        "dcgm",
+    }
 
 
 def test_table_output_is_grouped_with_a_verdict() -> None:

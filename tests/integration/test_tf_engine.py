@@ -305,6 +305,8 @@ def _torch_engine_available() -> bool:
 @pytest.mark.skipif(not _torch_engine_available(), reason="the PyTorch engine is not importable here")
 @pytest.mark.usefixtures("no_xla")
 def test_weights_move_between_engines(prepared: Path, uninterrupted: Path, tmp_path: Path) -> None:
+    from training.core.data import lm_eval_batches
+    from training.core.prepare import open_prepared
     from training.engines import get_engine
     from training.engines.base import DistInfo, OptimSpec
 
@@ -312,8 +314,8 @@ def test_weights_move_between_engines(prepared: Path, uninterrupted: Path, tmp_p
     best = uninterrupted / "checkpoints" / "best"
     weights = ckpt.load_weights(best)
     cfg = small_cfg(tmp_path / "eval", prepared)
-    data = loop.open_prepared(cfg)
-    batch = loop.lm_eval_batches(data.lm_shards("val"), cfg.model.block_size, 8, 1, 0, 1)[0]
+    data = open_prepared(cfg)
+    batch = lm_eval_batches(data.lm_shards("val"), cfg.model.block_size, 8, 1, 0, 1)[0]
     losses = {}
     for name in ("tensorflow", "pytorch"):
         engine = get_engine(name)(cfg, DistInfo())
@@ -392,3 +394,31 @@ def test_tiny_cycle_in_a_python_without_torch(tmp_path: Path) -> None:
         assert manifest["engine"] == "tensorflow"
     assert list((tmp_path / "plots").glob("*.png"))
     assert list((tmp_path / "tb").rglob("events.out.tfevents.*"))
+
+
+# TensorFlow's own start-up lines: absl's banner, oneDNN's notice (`I0000 ... port.cc`), CPU features
+TF_NOISE = ("oneDNN custom operations", "I0000 ", "absl::InitializeLog", "cpu_feature_guard")
+
+
+@pytest.mark.slow  # two TensorFlow start-ups in subprocesses
+def test_the_cli_keeps_tensorflow_start_up_noise_off_stderr(prepared: Path, tmp_path: Path) -> None:
+    env = {
+        k: v
+        for k, v in subprocess_env(xla=False).items()
+        if k not in ("TF_CPP_MIN_LOG_LEVEL", "ENVKIT_TF_VERBOSE")
+    }
+    args = [*SMALL, f"prepared_dir={prepared}", "max_steps=2", "eval_every=2", "progress=plain"]
+    quiet = subprocess.run(
+        [str(ENVKIT), "train", "pretrain", f"run_dir={tmp_path / 'quiet'}", *args],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert quiet.returncode == 0, quiet.stderr[-2000:]
+    assert "pretrain step 2" in quiet.stdout
+    assert not [line for line in quiet.stderr.splitlines() if any(n in line for n in TF_NOISE)], quiet.stderr
+    # --verbose brings TensorFlow's log back (so the check above can see it when it is there)
+    loud = subprocess.run(
+        [str(ENVKIT), "train", "pretrain", "--verbose", f"run_dir={tmp_path / 'loud'}", *args],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert loud.returncode == 0, loud.stderr[-2000:]
+    assert "oneDNN custom operations" in loud.stderr or "I0000 " in loud.stderr, loud.stderr[-2000:]

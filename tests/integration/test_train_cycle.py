@@ -258,12 +258,43 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path, command):
         assert not run.exists(), f"{name}: the run directory was created"
 
 
-def test_stages_without_prepared_data_exit_2_and_write_nothing(tmp_path):
+def test_pretrain_on_a_fresh_run_dir_prepares_it_first(tmp_path):
     run = tmp_path / "fresh"
-    for command in ("pretrain", "finetune", "test"):
-        result = CliRunner().invoke(app, ["train", command, f"run_dir={run}", *MICRO])
-        assert result.exit_code == 2 and "run `envkit train prepare`" in result.output, result.output
+    result = CliRunner().invoke(app, ["train", "test", f"run_dir={run}", *MICRO])
+    assert result.exit_code == 2 and "run `envkit train prepare`" in result.output, result.output
+    assert not run.exists()  # nothing to test: an error, and nothing written
+
+    result = CliRunner().invoke(app, ["train", "pretrain", f"run_dir={run}", *MICRO, "max_steps=2"])
+    assert result.exit_code == 0, result.output
+    said = [line for line in result.output.splitlines() if "preparing it first" in line]
+    assert len(said) == 1 and "has no prepared data" in said[0], result.output
+    assert (run / "prepared" / "meta.json").is_file() and (run / "checkpoints" / "last").is_dir()
+
+    # prepared data that no longer fits the config stays an error (one line, exit 2)
+    result = CliRunner().invoke(app, ["train", "pretrain", f"run_dir={run}", "block_size=16", "max_len=16"])
+    assert result.exit_code == 2 and len(result.output.strip().splitlines()) == 1, result.output
+    assert "longer than the model's context block_size=16" in result.output
+
+
+def test_a_labelled_file_too_small_to_split_is_refused(tmp_path):
+    tiny = tmp_path / "two.tsv"
+    tiny.write_text("sentence\tlabel\ngood\t1\nbad\t0\n")
+    run = tmp_path / "run"
+    result = CliRunner().invoke(app, ["train", "prepare", f"run_dir={run}", *MICRO, f"labelled={tiny}"])
+    assert result.exit_code == 2, result.output
+    line = result.output.strip()
+    assert len(line.splitlines()) == 1 and line.startswith("error:"), result.output
+    # the counts per split and class, and the fix
+    assert "too small to split" in line and "val 0=0, 1=0" in line and "val_fraction" in line, line
     assert not run.exists()
+    # the same rows with no val/test split asked for are a (tiny) valid set
+    enough = tmp_path / "enough.tsv"
+    enough.write_text("sentence\tlabel\n" + "".join(f"good {i}\t1\nbad {i}\t0\n" for i in range(20)))
+    ok = CliRunner().invoke(
+        app, ["train", "prepare", f"run_dir={run}", *MICRO, f"labelled={enough}", "--json"]
+    )
+    assert ok.exit_code == 0, ok.output
+    assert json.loads(ok.stdout)["cls_rows"]["val"] >= 2
 
 
 def test_scratch_baseline_and_missing_backbone(prepared, tmp_path):
@@ -320,3 +351,78 @@ def test_resume_refuses_another_engines_optimizer_state(prepared, tmp_path):
     with pytest.raises(loop.ResumeError, match=r"written by engine 'tensorflow'.*resume=never"):
         loop.pretrain(_cfg(run, "max_steps=8"))
     assert loop.pretrain(_cfg(run, "max_steps=8", "resume=never")).status == "completed"
+
+
+def test_fp16_steps_the_grad_scaler_skips_are_counted_not_fatal(prepared, tmp_path):
+    """torch's GradScaler runs on CPU: a scale too large for fp16 overflows the gradients."""
+    run = _copy_prepared(prepared, tmp_path / "run")
+    skipped_at: list[int] = []
+
+    def overflow_next_step(step: int, engine) -> None:
+        if step == 3:
+            engine.scaler.update(new_scale=2.0**24)  # the next steps' fp16 gradients overflow
+        if engine.scaler.get_scale() < 2.0**24 and not skipped_at:
+            skipped_at.append(step)
+
+    result = loop.pretrain(_cfg(run, "dtype=fp16", "device=cpu", "log_every=1"), on_step=overflow_next_step)
+    assert result.status == "completed" and result.step == 12
+    assert result.metrics["device"]["dtype"] == "fp16"
+    skipped = result.metrics["skipped_steps"]
+    assert skipped >= 1 and skipped_at
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    steps = [r for r in records if r["stage"] == "pretrain" and "loss" in r]
+    assert sum(r["skipped_steps"] for r in steps) == skipped
+    assert all(r["grad_norm"] is None for r in steps if r["skipped_steps"])  # strict JSON, no NaN
+    assert ckpt.read_manifest(run / "checkpoints" / "last")["state"]["skipped_steps"] == skipped
+
+
+def _as_written_before_the_stage_loop(path: Path) -> None:
+    """Rewrite a checkpoint's manifest as envkit-checkpoint/1 had it (see V1_* in test_train_stage)."""
+    mpath = path / "manifest.json"
+    m = json.loads(mpath.read_text())
+    state, history = m.pop("state"), m.pop("history")
+    cfg = m["config"]
+    flat: dict = {"model": cfg["model"], "preset": cfg["preset"]}
+    for section in ("data", "pretrain", "optim", "runtime"):
+        flat.update(cfg[section])
+    flat.update({(k if k == "init" else f"ft_{k}"): v for k, v in cfg["finetune"].items()})
+    m.update(format="envkit-checkpoint/1", config=flat)
+    if m["stage"] == "pretrain":
+        m.update(best_val_loss=state["best_value"], evals_since_best=state["since_best"])
+    else:
+        best = state["best_record"]
+        m.update(
+            best_val_accuracy=-1.0 if state["best_value"] is None else state["best_value"],
+            best_val_f1=best.get("val_f1", -1.0),
+            best_epoch=best.get("epoch"),
+            epochs_since_best=state["since_best"],
+            history=history,
+        )
+    mpath.write_text(json.dumps(m))
+
+
+def test_a_checkpoint_written_before_the_stage_loop_still_resumes_bit_exactly(prepared, tmp_path):
+    full = _copy_prepared(prepared, tmp_path / "full")
+    loop.pretrain(_cfg(full))
+    loop.finetune(_cfg(full, "ft_epochs=2"))
+    part = _copy_prepared(prepared, tmp_path / "part")
+
+    def preempt(at: int):
+        def hook(step: int, engine) -> None:
+            if step == at:
+                os.kill(os.getpid(), signal.SIGTERM)
+
+        return hook
+
+    assert loop.pretrain(_cfg(part), on_step=preempt(7)).status == "preempted"  # after the eval at 6
+    _as_written_before_the_stage_loop(part / "checkpoints" / "last")
+    assert ckpt.read_manifest(part / "checkpoints" / "last")["format"] == "envkit-checkpoint/1"
+    assert loop.pretrain(_cfg(part)).status == "completed"
+    assert loop.finetune(_cfg(part, "ft_epochs=2"), on_step=preempt(20)).status == "preempted"
+    _as_written_before_the_stage_loop(part / "checkpoints" / "finetune-last")
+    resumed = loop.finetune(_cfg(part, "ft_epochs=2"))
+    assert resumed.status == "completed" and [h["epoch"] for h in resumed.metrics["history"]] == [1, 2]
+    for name in ("last", "finetune-last"):
+        a, b = ckpt.load_weights(full / "checkpoints" / name), ckpt.load_weights(part / "checkpoints" / name)
+        for k in a:
+            np.testing.assert_array_equal(a[k], b[k], err_msg=f"{name}: {k}")

@@ -109,5 +109,7 @@ def test_fsdp2_option_saves_full_unsharded_weights_and_resumes(tmp_path):
     assert "resumed from" in second.stdout
     manifest = ckpt.read_manifest(run / "checkpoints" / "last")
     assert (
-        manifest["step"] == 6 and manifest["world_size"] == 2 and manifest["config"]["distributed"] == "fsdp"
+        manifest["step"] == 6
+        and manifest["world_size"] == 2
+        and manifest["config"]["runtime"]["distributed"] == "fsdp"
     )

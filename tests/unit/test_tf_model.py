@@ -1,7 +1,7 @@
 """TensorFlow engine, model level: contract math, weight names, optimizer rule, accumulation.
 
 The same safetensors weights go into the Keras model, a float64 NumPy
-implementation of TRAINING_CONTRACT.md, and (when installed) the PyTorch
+implementation of docs/training-contract.md, and (when installed) the PyTorch
 engine's model; their fp32 logits must agree.
 """
 
@@ -117,7 +117,7 @@ def reference_logits(
 
 
 def make_engine(
-    task: str, weights: dict[str, np.ndarray] | None, xla: bool = False, dtype: str = "float32"
+    task: str, weights: dict[str, np.ndarray] | None, xla: bool = False, dtype: str = "fp32"
 ) -> TFEngine:
     """An engine on CPU; XLA off unless asked (its compile time would dominate these small tests)."""
     cfg = TrainConfig(model=ModelConfig(**CFG.__dict__), seed=1337, dtype=dtype)
@@ -360,3 +360,17 @@ def test_dense_example_loss_falls() -> None:
     losses = [loss for _, loss in history]
     assert losses[-1] < losses[0] / 5
     assert all(math.isfinite(x) for x in losses)
+
+
+def test_an_fp16_step_the_loss_scale_skipped_is_reported_as_skipped(backbone: dict[str, np.ndarray]) -> None:
+    """Keras' LossScaleOptimizer rule (our DynamicLossScale): inf gradients -> no update, scale halves."""
+    engine = make_engine("lm", backbone, dtype="fp16")
+    engine.scaler.scale.assign(2.0**40)  # the scaled fp16 gradients overflow; the loss itself is finite
+    engine.set_lr(1e-3)
+    data = lm_rows(7)
+    result = engine.train_step([LMBatch(data[:, :-1], data[:, 1:])], grad_clip=1.0)
+    assert math.isfinite(result.loss) and result.skipped
+    assert float(engine.scaler.scale.numpy()) == 2.0**39
+    after = engine.export_weights()
+    for k in after:
+        np.testing.assert_array_equal(after[k], backbone[k], err_msg=k)

@@ -2,9 +2,10 @@
 
 Layout of one checkpoint (`run_dir/checkpoints/<name>/`):
 
-    model.safetensors   float32 tensors named as in TRAINING_CONTRACT.md
-    manifest.json       engine, stage, step, config, seeds, data cursor, world size,
-                        metrics, and the sha256 of every other file
+    model.safetensors   float32 tensors named as in docs/training-contract.md
+    manifest.json       format, engine, stage, step, config, seeds, data cursor, world
+                        size, metrics, TrainState, and the sha256 of every other file
+                        (the keys: training.core.stage.CheckpointManager.save)
     optimizer.pt / ...  engine-specific optimizer + RNG state (written by the engine)
 
 Names: pretraining writes `last`, `best` (and `step-XXXXXXX` when asked);
@@ -31,9 +32,13 @@ from typing import Any
 
 import numpy as np
 
+from envkit.atomic import atomic_write_text
+from envkit.vocab import format_id, is_format
+
 MANIFEST = "manifest.json"
 WEIGHTS = "model.safetensors"
-FORMAT = "envkit-checkpoint/1"
+FORMAT = format_id("checkpoint", 2)
+READABLE_VERSION = 2  # also reads v1, written as "envkit-checkpoint/1" before the stage loop
 
 
 class CheckpointError(RuntimeError):
@@ -47,21 +52,6 @@ def _fsync_dir(path: Path) -> None:
             os.fsync(fd)
         finally:
             os.close(fd)
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write `data` to `path` through a temporary file and a rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    atomic_write_bytes(path, text.encode("utf-8"))
 
 
 def sha256_file(path: Path) -> str:
@@ -153,8 +143,11 @@ def read_manifest(path: Path, verify: bool = True) -> dict[str, Any]:
         manifest = json.loads(mpath.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
         raise CheckpointError(f"checkpoint {path} has no readable {MANIFEST}: {exc}") from None
-    if manifest.get("format") != FORMAT:
-        raise CheckpointError(f"checkpoint {path}: unknown format {manifest.get('format')!r}")
+    if not is_format(manifest.get("format"), "checkpoint", READABLE_VERSION):
+        raise CheckpointError(
+            f"checkpoint {path}: unknown format {manifest.get('format')!r} (this envkit reads "
+            f"{FORMAT} and older); upgrade envkit or start a new run_dir"
+        )
     if verify:
         for fname, digest in manifest.get("files", {}).items():
             fpath = path / fname

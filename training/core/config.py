@@ -1,173 +1,451 @@
-"""Run configuration: two dataclasses, presets, and `key=value` overrides.
+"""Run configuration: typed sections (pydantic v2), presets, files and `key=value` overrides.
 
-Resolution order (later wins): dataclass defaults <- preset (`training/presets/NAME.yaml`)
-<- config file (YAML or JSON) <- command-line `key=value` overrides. Model keys may be
-written flat (`n_layer=4`) or dotted (`model.n_layer=4`); an unknown key is an error
-that names it. Nothing here imports a framework.
+A run's config has seven sections, each a pydantic model whose fields carry their
+type, default and meaning (`envkit train keys` prints them all):
+
+    model     the GPT's shape (shared by both engines; docs/training-contract.md)
+    data      corpus, labelled set, splits, tokenizer, classification length
+    pretrain  causal-LM stage: batch, steps, schedule, evaluation, checkpoints
+    finetune  classification stage: init, epochs, batch, schedule, patience
+    optim     AdamW betas, gradient clipping, the schedule's floor (both stages)
+    runtime   run directory, engine, device, dtype, seed, threads, resume, progress
+    hf        fine-tuning a pretrained Hugging Face model (`pretrained=DIR_OR_ID`; training/hf)
+
+Resolution order (later wins): defaults <- preset (`training/presets/NAME.yaml`)
+<- config file (YAML or JSON) <- command-line `key=value` overrides. A key is
+written dotted (`pretrain.max_steps=100`, `model.n_layer=4`) or, as before the
+sections existed, flat (`max_steps=100`, `n_layer=4`, `ft_lr=1e-3`): every flat
+key of the old layout maps to exactly one field (`LEGACY_KEYS`), so old presets,
+config files and saved run configs still load. An unknown key or a bad value is a
+`ConfigError` whose one-line message names the key, its source and the fix.
+Nothing here imports a framework.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import difflib
 import json
-from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal, get_args, get_origin
 
 import yaml
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
+
+from envkit.atomic import atomic_write_text
+from envkit.vocab import format_id, normalize_device, normalize_dtype, normalize_framework, parse_format_id
+from training.hf.settings import HFSettings  # the `hf` section (issue 16); pydantic only, no framework
+
+CONFIG_FORMAT = format_id("train-config", 2)
+SECTIONS = ("model", "data", "pretrain", "finetune", "optim", "runtime", "hf")
 
 
 class ConfigError(ValueError):
     """A user-caused configuration problem; the message names the key or file."""
 
 
-@dataclass
-class ModelConfig:
+# -- lenient readers: command-line values arrive as text, YAML 1.1 reads `off` as false
+
+
+def _int(value: Any) -> Any:
+    if isinstance(value, bool):
+        raise ValueError("a boolean is not an int")
+    if isinstance(value, str):
+        value = value.strip()
+        try:
+            number = float(value)
+        except ValueError:
+            return value  # pydantic reports it
+        return int(number) if number.is_integer() else value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+def _bool(value: Any) -> Any:
+    if isinstance(value, str):
+        text = value.strip().lower()
+        if text in ("1", "true", "yes", "on"):
+            return True
+        if text in ("0", "false", "no", "off"):
+            return False
+    return value
+
+
+def _text(value: Any) -> Any:
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "on" if value else "off"  # YAML 1.1 reads a bare off/no as false
+    if isinstance(value, int | float):
+        return str(value)
+    return value
+
+
+def _str_list(value: Any) -> Any:
+    if isinstance(value, str):
+        return [v.strip() for v in value.split(",") if v.strip()]
+    if isinstance(value, list | tuple):
+        return [str(v) for v in value]
+    return value
+
+
+def _alias(normalize: Any) -> Any:
+    def read(value: Any) -> Any:
+        value = _text(value)
+        if isinstance(value, str) and value.strip().lower() != "auto":
+            try:
+                return str(normalize(value))
+            except ValueError:
+                return value  # pydantic lists the choices
+        return value.strip().lower() if isinstance(value, str) else value
+
+    return read
+
+
+Int = Annotated[int, BeforeValidator(_int)]
+Float = Annotated[float, BeforeValidator(lambda v: v.strip() if isinstance(v, str) else v)]
+Bool = Annotated[bool, BeforeValidator(_bool)]
+Text = Annotated[str, BeforeValidator(_text)]
+TextList = Annotated[list[str], BeforeValidator(_str_list)]
+
+
+def _choice(*values: str) -> Any:
+    return Annotated[Literal[values], BeforeValidator(_text)]  # type: ignore[valid-type]
+
+
+Engine = Annotated[Literal["auto", "pytorch", "tensorflow"], BeforeValidator(_alias(normalize_framework))]
+Device = Annotated[Literal["auto", "cpu", "gpu"], BeforeValidator(_alias(normalize_device))]
+DType = Annotated[Literal["auto", "fp32", "bf16", "fp16"], BeforeValidator(_alias(normalize_dtype))]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelConfig(_Section):
     """GPT-style decoder shape (the contract shared by both engines)."""
 
-    vocab_size: int = 512
-    block_size: int = 64
-    n_layer: int = 2
-    n_head: int = 2
-    n_embd: int = 64
-    dropout: float = 0.0
-    bias: bool = True
-    n_classes: int = 2
+    vocab_size: Int = Field(512, ge=1, description="token ids (tokenizer=bpe trains this many)")
+    block_size: Int = Field(64, ge=1, description="context length in tokens (position embeddings)")
+    n_layer: Int = Field(2, ge=1, description="transformer blocks")
+    n_head: Int = Field(2, ge=1, description="attention heads per block")
+    n_embd: Int = Field(64, ge=1, description="width of the residual stream (a multiple of n_head)")
+    dropout: Float = Field(0.0, ge=0.0, lt=1.0, description="dropout probability in training")
+    bias: Bool = Field(True, description="biases in Linear and LayerNorm layers")
+    n_classes: Int = Field(2, ge=1, description="classifier outputs (set from the prepared data)")
 
     @property
     def head_dim(self) -> int:
         return self.n_embd // self.n_head
 
-    def validate(self) -> None:
-        for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd", "n_classes"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"model.{name}={getattr(self, name)} must be >= 1")
-        if self.n_embd % self.n_head:
+
+class DataConfig(_Section):
+    """Where the text and labels come from and how they are split and tokenized."""
+
+    corpus: Text = Field(
+        "synthetic", description="LM text: synthetic | file.txt | folder | hf:NAME[:CONFIG]; comma list"
+    )
+    labelled: Text = Field(
+        "synthetic", description="labelled set: synthetic | .tsv/.csv/.jsonl | aclImdb | hf:NAME"
+    )
+    labelled_test: Text = Field("", description="separate test file for `labelled` (e.g. SST-2 dev.tsv)")
+    text_column: Text = Field("", description='text column; "" = first of text, sentence, review, content')
+    label_column: Text = Field("", description='label column; "" = first of label, labels, sentiment, target')
+    classes: TextList = Field(
+        default_factory=list, description="class names in order; [] = sorted labels found"
+    )
+    pretrain_on_labelled: Bool = Field(False, description="add the labelled train texts to the LM corpus")
+    synthetic_docs: Int = Field(2500, ge=1, description="documents of the synthetic corpus")
+    synthetic_reviews: Int = Field(3000, ge=1, description="rows of the synthetic labelled set")
+    val_fraction: Float = Field(0.1, ge=0.0, lt=1.0, description="validation share carved from train")
+    test_fraction: Float = Field(0.1, ge=0.0, lt=1.0, description="test share carved from train")
+    tokenizer: _choice("bpe", "byte") = Field(
+        "bpe", description="bpe (byte-level BPE of model.vocab_size) | byte (256 bytes)"
+    )
+    max_len: Int = Field(0, ge=0, description="classification length in tokens; 0 = model.block_size")
+    prepared_dir: Text = Field("", description='prepared data directory; "" = run_dir/prepared')
+
+
+class PretrainConfig(_Section):
+    """The causal-LM stage."""
+
+    batch_size: Int = Field(16, ge=1, description="rows per replica per micro-step")
+    grad_accum: Int = Field(1, ge=1, description="micro-steps per optimizer step")
+    max_steps: Int = Field(300, ge=1, description="optimizer steps")
+    lr: Float = Field(3e-3, ge=0.0, description="peak learning rate")
+    warmup_steps: Int = Field(30, ge=0, description="linear warm-up steps before the cosine decay")
+    weight_decay: Float = Field(0.1, ge=0.0, description="AdamW decay of matmul weights")
+    eval_every: Int = Field(100, ge=1, description="steps between validation evaluations")
+    eval_batches: Int = Field(8, ge=1, description="validation batches per evaluation")
+    log_every: Int = Field(10, ge=1, description="steps between log records (both stages)")
+    checkpoint_every: Int = Field(
+        100, ge=0, description="steps between `last` checkpoints; 0 = only at the end"
+    )
+    keep_step_checkpoints: Bool = Field(False, description="also keep step-NNNNNNN checkpoints")
+    patience: Int = Field(0, ge=0, description="evaluations without improvement before early stop; 0 = off")
+
+
+class FinetuneConfig(_Section):
+    """The classification stage."""
+
+    init: _choice("pretrained", "scratch") = Field(
+        "pretrained", description="start from the pretrained backbone or from random weights"
+    )
+    epochs: Int = Field(3, ge=0, description="passes over the training split")
+    batch_size: Int = Field(32, ge=1, description="rows per replica per step")
+    lr: Float = Field(1e-3, ge=0.0, description="peak learning rate")
+    weight_decay: Float = Field(0.01, ge=0.0, description="AdamW decay of matmul weights")
+    warmup_ratio: Float = Field(0.1, ge=0.0, le=1.0, description="share of steps spent warming up")
+    patience: Int = Field(0, ge=0, description="epochs without improvement before early stop; 0 = off")
+    steps_per_epoch: Int = Field(0, ge=0, description="cap on batches per epoch; 0 = the whole split")
+
+
+class OptimConfig(_Section):
+    """AdamW and schedule settings both stages share."""
+
+    beta1: Float = Field(0.9, ge=0.0, lt=1.0, description="AdamW beta1")
+    beta2: Float = Field(0.95, ge=0.0, lt=1.0, description="AdamW beta2")
+    grad_clip: Float = Field(1.0, ge=0.0, description="clip the global gradient norm; 0 = off")
+    min_lr_ratio: Float = Field(
+        0.1, ge=0.0, le=1.0, description="cosine decay floor as a share of the peak lr"
+    )
+
+
+class RuntimeConfig(_Section):
+    """Where and how the run executes."""
+
+    run_dir: Text = Field("runs/train", description="run directory: data, checkpoints, metrics, report")
+    engine: Engine = Field("auto", description="pytorch | tensorflow | auto (pytorch when importable)")
+    seed: Int = Field(1337, description="seed of data order, initialisation and dropout")
+    device: Device = Field("auto", description="auto | cpu | gpu (cuda accepted)")
+    dtype: DType = Field(
+        "auto",
+        description="auto (bf16 on compute capability >= 8.0, fp16 below, fp32 on CPU) | fp32 | bf16 | fp16",
+    )
+    compile: Bool = Field(False, description="torch.compile the model (TensorFlow: force XLA)")
+    threads: Int = Field(0, ge=0, description="intra-op CPU threads; 0 = the framework's default")
+    distributed: _choice("ddp", "fsdp") = Field(
+        "ddp", description="torchrun wrapping: ddp | fsdp (FSDP2 per block)"
+    )
+    resume: _choice("auto", "never") = Field("auto", description="auto: continue from checkpoints | never")
+    progress: _choice("auto", "bar", "plain", "off") = Field(
+        "auto", description="auto (bar on a TTY) | bar | plain | off"
+    )
+
+
+# Every flat key of the layout before sections (presets, config files, saved configs).
+LEGACY_KEYS: dict[str, str] = {
+    **{k: f"model.{k}" for k in ModelConfig.model_fields},
+    **{k: f"data.{k}" for k in DataConfig.model_fields},
+    **{k: f"pretrain.{k}" for k in PretrainConfig.model_fields},
+    **{k: f"optim.{k}" for k in OptimConfig.model_fields},
+    **{k: f"runtime.{k}" for k in RuntimeConfig.model_fields},
+    "init": "finetune.init",
+    **{f"ft_{k}": f"finetune.{k}" for k in FinetuneConfig.model_fields if k != "init"},
+    "pretrained": "hf.model",  # a Hugging Face model directory or hub id to fine-tune (training/hf)
+}
+
+
+class TrainConfig(BaseModel):
+    """One run: six sections and the preset it started from."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    preset: Text = Field("", description="bundled preset the run started from (training/presets/NAME.yaml)")
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
+    pretrain: PretrainConfig = Field(default_factory=PretrainConfig)
+    finetune: FinetuneConfig = Field(default_factory=FinetuneConfig)
+    optim: OptimConfig = Field(default_factory=OptimConfig)
+    runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
+    hf: HFSettings = Field(default_factory=HFSettings)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _sections_from_flat(cls, data: Any) -> Any:
+        """TrainConfig(threads=1, ft_lr=...) as before sections: flat keys move into theirs."""
+        if not isinstance(data, dict):
+            return data
+        out: dict[str, Any] = {}
+        for key, value in data.items():
+            if key in SECTIONS or key not in LEGACY_KEYS:
+                out[key] = value
+                continue
+            section, name = LEGACY_KEYS[key].split(".")
+            block = out.setdefault(section, {})
+            if isinstance(block, BaseModel):
+                block = out[section] = block.model_dump()
+            block[name] = value
+        return out
+
+    def __getattr__(self, name: str) -> Any:
+        # read-only compatibility for code written against the flat layout (cfg.max_steps)
+        target = LEGACY_KEYS.get(name)
+        if target is not None:
+            section, key = target.split(".")
+            return getattr(getattr(self, section), key)
+        return super().__getattr__(name)  # type: ignore[misc]
+
+    def validate_run(self) -> None:
+        """Checks across fields, before anything is written."""
+        m, d = self.model, self.data
+        if m.n_embd % m.n_head:
             raise ConfigError(
-                f"model.n_embd={self.n_embd} is not divisible by model.n_head={self.n_head}; "
+                f"model.n_embd={m.n_embd} is not divisible by model.n_head={m.n_head}; "
                 "pick n_embd as a multiple of n_head"
             )
-        if not 0.0 <= self.dropout < 1.0:
-            raise ConfigError(f"model.dropout={self.dropout} must be in [0, 1)")
-
-
-@dataclass
-class TrainConfig:
-    """Everything about one run except the model shape (which lives in `model`)."""
-
-    model: ModelConfig = field(default_factory=ModelConfig)
-    preset: str = ""
-    run_dir: str = "runs/train"
-    engine: str = "auto"  # pytorch | tensorflow | auto (pytorch when importable)
-    seed: int = 1337
-    device: str = "auto"  # auto | cpu | cuda
-    dtype: str = "auto"  # auto (bf16 on a bf16 GPU, else float32) | float32 | bf16 | fp16
-    compile: bool = False
-    threads: int = 0  # intra-op CPU threads; 0 = the framework's default
-    distributed: str = "ddp"  # ddp | fsdp (torchrun only; FSDP2 `fully_shard` per block)
-
-    # -- data --------------------------------------------------------------
-    corpus: str = "synthetic"  # synthetic | file.txt | folder | hf:NAME[:CONFIG]; comma-separated list
-    labelled: str = "synthetic"  # synthetic | file.tsv/.csv/.jsonl | aclImdb folder | hf:NAME
-    labelled_test: str = ""  # optional separate test file for `labelled` (e.g. SST-2 dev.tsv)
-    text_column: str = ""  # "" = first of text, sentence, review, content
-    label_column: str = ""  # "" = first of label, labels, sentiment, target
-    classes: list[str] = field(default_factory=list)  # [] = sorted labels found in the data
-    pretrain_on_labelled: bool = False  # add the labelled train texts to the LM corpus
-    synthetic_docs: int = 2500
-    synthetic_reviews: int = 3000
-    val_fraction: float = 0.1
-    test_fraction: float = 0.1
-    tokenizer: str = "bpe"  # bpe (byte-level BPE of model.vocab_size) | byte (256 bytes)
-    max_len: int = 0  # classification length; 0 = model.block_size
-    prepared_dir: str = ""  # "" = run_dir/prepared
-
-    # -- pretraining (causal LM) --------------------------------------------
-    batch_size: int = 16  # per rank, per micro-step
-    grad_accum: int = 1
-    max_steps: int = 300
-    lr: float = 3e-3
-    min_lr_ratio: float = 0.1
-    warmup_steps: int = 30
-    weight_decay: float = 0.1
-    beta1: float = 0.9
-    beta2: float = 0.95
-    grad_clip: float = 1.0
-    eval_every: int = 100
-    eval_batches: int = 8
-    log_every: int = 10
-    checkpoint_every: int = 100
-    keep_step_checkpoints: bool = False
-    patience: int = 0  # evaluations without improvement before early stop; 0 = off
-
-    # -- fine-tuning (classification) ---------------------------------------
-    init: str = "pretrained"  # pretrained | scratch
-    ft_epochs: int = 3
-    ft_batch_size: int = 32
-    ft_lr: float = 1e-3
-    ft_weight_decay: float = 0.01
-    ft_warmup_ratio: float = 0.1
-    ft_patience: int = 0  # epochs without improvement before early stop; 0 = off
-    ft_steps_per_epoch: int = 0  # cap on batches per epoch (a budget on big sets); 0 = the whole split
-
-    # -- reliability ----------------------------------------------------------
-    resume: str = "auto"  # auto | never
-    progress: str = "auto"  # auto (bar on a TTY) | bar | plain | off
-
-    def validate(self) -> None:
-        """Check values a run needs before anything is written."""
-        self.model.validate()
-        choices = {
-            "engine": ("auto", "pytorch", "tensorflow"),
-            "device": ("auto", "cpu", "cuda"),
-            "dtype": ("auto", "float32", "bf16", "fp16"),
-            "distributed": ("ddp", "fsdp"),
-            "tokenizer": ("bpe", "byte"),
-            "init": ("pretrained", "scratch"),
-            "resume": ("auto", "never"),
-            "progress": ("auto", "bar", "plain", "off"),
-        }
-        for key, allowed in choices.items():
-            if getattr(self, key) not in allowed:
-                raise ConfigError(f"{key}={getattr(self, key)!r} is not one of {', '.join(allowed)}")
-        positive = ("batch_size", "grad_accum", "max_steps", "eval_batches", "log_every", "ft_batch_size")
-        for key in positive:
-            if getattr(self, key) < 1:
-                raise ConfigError(f"{key}={getattr(self, key)} must be >= 1")
-        if self.ft_steps_per_epoch < 0:
-            raise ConfigError(f"ft_steps_per_epoch={self.ft_steps_per_epoch} must be >= 0 (0 = no cap)")
-        if self.ft_epochs < 0:
-            raise ConfigError(f"ft_epochs={self.ft_epochs} must be >= 0")
-        if not (0 <= self.val_fraction < 1 and 0 <= self.test_fraction < 1):
-            raise ConfigError("val_fraction and test_fraction must be in [0, 1)")
-        if self.val_fraction + self.test_fraction >= 0.9:
-            raise ConfigError("val_fraction + test_fraction leaves under 10% to train; lower them")
-        if self.max_len > self.model.block_size:
+        if d.val_fraction + d.test_fraction >= 0.9:
+            raise ConfigError("val_fraction and test_fraction leave under 10% to train; lower them")
+        if d.max_len > m.block_size:
             raise ConfigError(
-                f"max_len={self.max_len} is longer than the model's context "
-                f"model.block_size={self.model.block_size}; lower max_len or raise block_size"
+                f"max_len={d.max_len} is longer than the model's context "
+                f"model.block_size={m.block_size}; lower max_len or raise block_size"
             )
-        if self.tokenizer == "byte" and self.model.vocab_size < 258:
+        if d.tokenizer == "byte" and m.vocab_size < 258:
             raise ConfigError("tokenizer=byte needs model.vocab_size >= 258 (256 bytes + 2 specials)")
+
+    validate = validate_run  # the name callers used before pydantic
 
     @property
     def seq_len(self) -> int:
         """Length of classification sequences."""
-        return self.max_len or self.model.block_size
+        return self.data.max_len or self.model.block_size
 
     def prepared_path(self) -> Path:
-        return Path(self.prepared_dir) if self.prepared_dir else Path(self.run_dir) / "prepared"
+        d = self.data.prepared_dir
+        return Path(d) if d else Path(self.runtime.run_dir) / "prepared"
+
+    def get_key(self, key: str) -> Any:
+        """The value of a flat or dotted key (`ft_lr`, `finetune.lr`)."""
+        section, name = _resolve_key(key, "a lookup")
+        return getattr(getattr(self, section), name) if section else getattr(self, name)
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        return {"format": CONFIG_FORMAT, **self.model_dump(mode="json")}
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
+    def from_dict(cls, data: dict[str, Any], source: str = "dict") -> TrainConfig:
         cfg = cls()
-        apply_mapping(cfg, data, source="dict")
+        apply_mapping(cfg, data, source=source)
         return cfg
+
+
+# ---------------------------------------------------------------------------
+# keys
+
+
+def all_keys() -> list[str]:
+    """Every dotted key, in section order."""
+    out = ["preset"]
+    for section in SECTIONS:
+        out += [f"{section}.{k}" for k in TrainConfig.model_fields[section].annotation.model_fields]
+    return out
+
+
+def _type_name(annotation: Any) -> str:
+    args = get_args(annotation)
+    base = args[0] if get_origin(annotation) is Annotated else annotation
+    if get_origin(base) is Literal:
+        return " | ".join(get_args(base))
+    if get_origin(base) is list:
+        return "list[str]"
+    return getattr(base, "__name__", str(base))
+
+
+def describe_keys() -> list[dict[str, Any]]:
+    """key, flat (old) name, type, default and meaning of every config key."""
+    flat = {v: k for k, v in LEGACY_KEYS.items()}
+    rows = []
+    defaults = TrainConfig().model_dump(mode="json")
+    for key in all_keys():
+        if "." in key:
+            section, name = key.split(".")
+            info = TrainConfig.model_fields[section].annotation.model_fields[name]
+            default = defaults[section][name]
+        else:
+            info, default = TrainConfig.model_fields[key], defaults[key]
+        rows.append(
+            {
+                "key": key,
+                "flat": flat.get(key, ""),
+                "type": _type_name(info.annotation),
+                "default": default,
+                "description": info.description or "",
+            }
+        )
+    return rows
+
+
+def _resolve_key(key: str, source: str) -> tuple[str, str]:
+    """'pretrain.lr' / 'lr' / 'ft_lr' -> (section, field); ('', 'preset') for the top level."""
+    if key == "preset":
+        return "", "preset"
+    if "." in key:
+        section, _, name = key.partition(".")
+        model = TrainConfig.model_fields.get(section)
+        if section in SECTIONS and model is not None and name in model.annotation.model_fields:
+            return section, name
+    elif key in LEGACY_KEYS:
+        section, name = LEGACY_KEYS[key].split(".")
+        return section, name
+    close = difflib.get_close_matches(key, [*LEGACY_KEYS, *all_keys()], n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else "; `envkit train keys` lists them"
+    raise ConfigError(f"unknown config key {key!r} in {source}{hint}")
+
+
+def _error_text(key: str, value: Any, exc: ValidationError) -> str:
+    err = exc.errors()[0]
+    kind = err.get("type", "")
+    if kind.startswith("int_"):
+        return f"{key}={value!r} is not a valid int"
+    if kind.startswith("float_"):
+        return f"{key}={value!r} is not a valid float"
+    if kind.startswith("bool_"):
+        return f"{key}={value!r} is not a valid bool (use true or false)"
+    if kind == "literal_error":
+        choices = err.get("ctx", {}).get("expected", "")
+        return f"{key}={value!r} is not one of {choices.replace(chr(39), '')}"
+    if kind in ("greater_than_equal", "greater_than", "less_than", "less_than_equal"):
+        return f"{key}={value!r}: {err['msg'].lower()}"
+    return f"{key}={value!r}: {err['msg']}"
+
+
+def set_key(cfg: TrainConfig, key: str, value: Any, source: str) -> None:
+    """Set one flat or dotted key on `cfg`, validated; a ConfigError names key and source."""
+    section, name = _resolve_key(key, source)
+    target = getattr(cfg, section) if section else cfg
+    try:
+        setattr(target, name, value)
+    except ValidationError as exc:
+        where = "" if source == "the command line" else f" (in {source})"
+        raise ConfigError(_error_text(key, value, exc) + where) from None
+
+
+def _is_new_layout(data: dict[str, Any]) -> bool:
+    fmt = data.get("format")
+    if fmt is None:
+        return False
+    try:
+        kind, _ = parse_format_id(str(fmt))
+    except ValueError:
+        return False
+    return kind == "train-config"
+
+
+def apply_mapping(cfg: TrainConfig, data: dict[str, Any], source: str) -> None:
+    """Set every key of `data` on `cfg`: sections as nested mappings, or flat/dotted keys."""
+    for key, value in data.items():
+        key = str(key)
+        if key == "format" and _is_new_layout(data):
+            continue
+        if key in SECTIONS and isinstance(value, dict):
+            for sub, val in value.items():
+                set_key(cfg, f"{key}.{sub}", val, source)
+        elif key in SECTIONS:
+            raise ConfigError(f"'{key}' in {source} must be a mapping of {key} keys")
+        else:
+            set_key(cfg, key, value, source)
 
 
 # ---------------------------------------------------------------------------
@@ -207,74 +485,8 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
     return data
 
 
-def _known_keys() -> list[str]:
-    train = [f.name for f in dataclasses.fields(TrainConfig) if f.name != "model"]
-    model = [f.name for f in dataclasses.fields(ModelConfig)]
-    return train + model + [f"model.{m}" for m in model]
-
-
-def _coerce(key: str, value: Any, current: Any, ftype: Any) -> Any:
-    """Convert `value` to the type of the field it sets."""
-    kind = ftype if isinstance(ftype, str) else getattr(ftype, "__name__", str(ftype))
-    try:
-        if kind == "bool" or isinstance(current, bool):
-            if isinstance(value, bool):
-                return value
-            text = str(value).strip().lower()
-            if text in ("1", "true", "yes", "on"):
-                return True
-            if text in ("0", "false", "no", "off"):
-                return False
-            raise ValueError(value)
-        if kind == "int" or isinstance(current, int):
-            number = float(value) if isinstance(value, str) else value
-            if isinstance(number, bool) or (isinstance(number, float) and not number.is_integer()):
-                raise ValueError(value)
-            return int(number)
-        if kind == "float" or isinstance(current, float):
-            return float(value)
-        if isinstance(current, list) or str(kind).startswith("list"):
-            if isinstance(value, str):
-                return [v.strip() for v in value.split(",") if v.strip()]
-            return [str(v) for v in value]
-        if value is None:
-            return ""
-        if isinstance(value, bool):
-            return "on" if value else "off"  # YAML 1.1 reads a bare off/no as false
-        return str(value)
-    except (TypeError, ValueError):
-        raise ConfigError(f"{key}={value!r} is not a valid {type(current).__name__}") from None
-
-
-def _set(cfg: TrainConfig, key: str, value: Any, source: str) -> None:
-    model_fields = {f.name: f for f in dataclasses.fields(ModelConfig)}
-    train_fields = {f.name: f for f in dataclasses.fields(TrainConfig) if f.name != "model"}
-    name = key[len("model.") :] if key.startswith("model.") else key
-    if name in model_fields:
-        target, fdef = cfg.model, model_fields[name]
-    elif name in train_fields and not key.startswith("model."):
-        target, fdef = cfg, train_fields[name]
-    else:
-        close = difflib.get_close_matches(key, _known_keys(), n=1)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
-        raise ConfigError(f"unknown config key {key!r} in {source}{hint}")
-    setattr(target, name, _coerce(key, value, getattr(target, name), fdef.type))
-
-
-def apply_mapping(cfg: TrainConfig, data: dict[str, Any], source: str) -> None:
-    """Set every key of `data` (flat or with a nested `model:` mapping) on `cfg`."""
-    for key, value in data.items():
-        if key == "model":
-            if not isinstance(value, dict):
-                raise ConfigError(f"'model' in {source} must be a mapping of model keys")
-            for mkey, mval in value.items():
-                _set(cfg, f"model.{mkey}", mval, source)
-        else:
-            _set(cfg, str(key), value, source)
-
-
 def parse_overrides(items: list[str]) -> dict[str, Any]:
-    """['n_layer=4', 'lr=1e-3'] -> {'n_layer': 4, 'lr': 0.001} (values read as YAML scalars)."""
+    """['n_layer=4', 'lr=1e-3'] -> {'n_layer': '4', 'lr': '1e-3'} (each field's type reads the text)."""
     out: dict[str, Any] = {}
     for item in items:
         if "=" not in item:
@@ -300,24 +512,29 @@ def resolve_config(
     name = preset or over.get("preset") or file_data.get("preset") or ""
     if name:
         apply_mapping(cfg, load_preset(str(name)), source=f"preset {name}")
-        cfg.preset = str(name)
     if file_data:
         apply_mapping(cfg, file_data, source=f"config file {config_file}")
     apply_mapping(cfg, over, source="the command line")
     if name:
         cfg.preset = str(name)
-    cfg.validate()
+    cfg.validate_run()
     return cfg
 
 
 def save_config(cfg: TrainConfig, path: str | Path) -> None:
     """Write the resolved config as JSON (atomically)."""
-    from training.core.checkpoint import atomic_write_text
-
     atomic_write_text(Path(path), json.dumps(cfg.to_dict(), indent=2, sort_keys=True) + "\n")
 
 
 def load_run_config(path: str | Path) -> TrainConfig:
-    """Read a run directory's config.json back into a TrainConfig."""
-    data = json.loads(Path(path).read_text(encoding="utf-8"))
-    return TrainConfig.from_dict(data)
+    """Read a run directory's config.json (either layout) back into a TrainConfig."""
+    p = Path(path)
+    try:
+        data = json.loads(p.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ConfigError(
+            f"{p} is not a readable run config ({exc}); remove it or use a new run_dir"
+        ) from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{p} must hold a JSON object")
+    return TrainConfig.from_dict(data, source=str(p))

@@ -3,38 +3,76 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from training.core.config import TrainConfig
+from training.core.config import ConfigError, TrainConfig
+from training.core.data import META
 from training.core.prepare import load_sources, prepare
 from training.core.report import make_plots, read_report, update_report
 from training.engines.base import DistInfo
 
 
+def _stage_functions(cfg: TrainConfig) -> dict[str, Callable[..., Any]]:
+    """The stages of this run: the GPT's own, or (`pretrained=` set) Hugging Face fine-tuning's."""
+    if cfg.hf.enabled:
+        from training.hf import stages as hf
+
+        return {"finetune": hf.finetune, "test": hf.test}  # a pretrained model: nothing to pretrain
+    from training.core import loop
+
+    return {"pretrain": loop.pretrain, "finetune": loop.finetune, "test": loop.test}
+
+
+def _check_stage(cfg: TrainConfig, name: str) -> None:
+    if name not in _stage_functions(cfg):
+        raise ConfigError(
+            f"pretrained={cfg.hf.model} fine-tunes an already trained model, so there is no {name} "
+            "stage; run `envkit train finetune` (then `test`), or drop pretrained= to train the GPT"
+        )
+
+
 def run_prepare(cfg: TrainConfig) -> dict[str, Any]:
-    result = prepare(cfg)
-    data = result.to_dict()
-    update_report(Path(cfg.run_dir), "prepare", data)
+    if cfg.hf.enabled:
+        from training.hf import stages as hf
+
+        data = hf.prepare(cfg)
+    else:
+        data = prepare(cfg).to_dict()
+    update_report(Path(cfg.runtime.run_dir), "prepare", data)
     return data
 
 
 def _stage(cfg: TrainConfig, name: str, dist: DistInfo) -> dict[str, Any]:
-    from training.core import loop
-
     t0 = time.perf_counter()
-    fn = {"pretrain": loop.pretrain, "finetune": loop.finetune, "test": loop.test}[name]
-    result = fn(cfg, dist=dist)
+    result = _stage_functions(cfg)[name](cfg, dist=dist)
     data = result.to_dict()
     data["seconds"] = round(time.perf_counter() - t0, 2)
     if dist.is_main:
-        update_report(Path(cfg.run_dir), name, data)
+        update_report(Path(cfg.runtime.run_dir), name, data)
     return data
 
 
-def run_stage(cfg: TrainConfig, name: str) -> dict[str, Any]:
-    """Run `pretrain`, `finetune` or `test` on a prepared run directory."""
+def run_stage(cfg: TrainConfig, name: str, note: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Run `pretrain`, `finetune` or `test` on a run directory.
+
+    A training stage on a directory with no prepared data prepares it first (as `cycle`
+    does) and says so through `note`; prepared data that no longer fits the config
+    stays an error (`open_prepared`).
+    """
+    _check_stage(cfg, name)
     dist = DistInfo.from_env()
+    fresh = not cfg.hf.enabled and not (cfg.prepared_path() / META).is_file()
+    if name in ("pretrain", "finetune") and fresh:
+        sources = load_sources(cfg)  # every input checked before the run directory exists
+        if dist.is_main:
+            if note is not None:
+                note(f"{name}: {cfg.prepared_path()} has no prepared data; preparing it first")
+            result = prepare(cfg, sources)
+            update_report(Path(cfg.runtime.run_dir), "prepare", result.to_dict())
+        else:
+            _wait_for_prepared(cfg)
     data = _stage(cfg, name, dist)
     if dist.is_main:
         finish(cfg)
@@ -43,12 +81,12 @@ def run_stage(cfg: TrainConfig, name: str) -> dict[str, Any]:
 
 def finish(cfg: TrainConfig) -> dict[str, Any]:
     """Plots + the summary block of report.json; returns the report."""
-    run_dir = Path(cfg.run_dir)
+    run_dir = Path(cfg.runtime.run_dir)
     plots = make_plots(run_dir)
     report = read_report(run_dir)
     summary = summarize(report)
     summary["plots"] = plots
-    summary["engine"] = cfg.engine
+    summary["engine"] = cfg.runtime.engine
     return update_report(run_dir, "summary", summary)
 
 
@@ -100,19 +138,25 @@ def _wait_for_prepared(cfg: TrainConfig, timeout_s: float = 1800.0) -> None:
 
 
 def run_cycle(cfg: TrainConfig, on_stage=None) -> dict[str, Any]:
-    """prepare -> pretrain -> finetune -> test; stops (status preempted) if a stage was preempted."""
+    """prepare -> pretrain -> finetune -> test (no pretrain with `pretrained=`); stops on a preemption."""
     dist = DistInfo.from_env()
     t0 = time.perf_counter()
-    sources = load_sources(cfg)  # every input checked before the run directory exists
-    if dist.is_main:
-        result = prepare(cfg, sources)
-        update_report(Path(cfg.run_dir), "prepare", result.to_dict())
-        if on_stage:
-            on_stage("prepare", result.to_dict())
+    if cfg.hf.enabled:
+        if dist.is_main:
+            prepared = run_prepare(cfg)
+            if on_stage:
+                on_stage("prepare", prepared)
     else:
-        _wait_for_prepared(cfg)
+        sources = load_sources(cfg)  # every input checked before the run directory exists
+        if dist.is_main:
+            result = prepare(cfg, sources)
+            update_report(Path(cfg.runtime.run_dir), "prepare", result.to_dict())
+            if on_stage:
+                on_stage("prepare", result.to_dict())
+        else:
+            _wait_for_prepared(cfg)
     status = "completed"
-    for name in ("pretrain", "finetune", "test"):
+    for name in _stage_functions(cfg):
         data = _stage(cfg, name, dist)
         if on_stage:
             on_stage(name, data)
@@ -123,6 +167,6 @@ def run_cycle(cfg: TrainConfig, on_stage=None) -> dict[str, Any]:
         return {"status": status}
     report = finish(cfg)
     report = update_report(
-        Path(cfg.run_dir), "cycle", {"status": status, "seconds": round(time.perf_counter() - t0, 1)}
+        Path(cfg.runtime.run_dir), "cycle", {"status": status, "seconds": round(time.perf_counter() - t0, 1)}
     )
     return report

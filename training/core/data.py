@@ -10,7 +10,7 @@ A prepared directory (`run_dir/prepared/` by default) holds:
     cls/{train,val,test}_labels.npy [N] int64 class indices into meta["cls"]["classes"]
 
 meta.json:
-    {"format": "envkit-prepared/1", "vocab_size": V, "dtype": "uint16",
+    {"format": "envkit.prepared/v1", "vocab_size": V, "dtype": "uint16",
      "eos_id": .., "pad_id": .., "tokenizer": "tokenizer.json", "tokenizer_kind": "bpe",
      "lm": {"train": {"shards": ["lm/train-00000.bin", ...], "tokens": N}, "val": .., "test": ..},
      "cls": {"classes": [...], "seq_len": L, "train": {"ids": .., "labels": .., "n": N}, ...},
@@ -30,9 +30,10 @@ from typing import Any
 
 import numpy as np
 
+from envkit.vocab import format_id, is_format
 from training.engines.base import ClsBatch, LMBatch
 
-FORMAT = "envkit-prepared/1"
+FORMAT = format_id("prepared", 1)  # directories from before read too: "envkit-prepared/1"
 META = "meta.json"
 SHARD_TOKENS = 64 * 1024 * 1024  # ids per shard file
 SPLITS = ("train", "val", "test")
@@ -78,7 +79,7 @@ class PreparedData:
         if not path.is_file():
             raise FileNotFoundError(f"{path} is missing; run `envkit train prepare` first")
         meta = json.loads(path.read_text(encoding="utf-8"))
-        if meta.get("format") != FORMAT:
+        if not is_format(meta.get("format"), "prepared", 1):
             raise ValueError(f"{path}: unknown prepared-data format {meta.get('format')!r}")
         return cls(root, meta)
 

@@ -47,14 +47,31 @@ def classification_metrics(preds: np.ndarray, labels: np.ndarray, classes: list[
 
 
 def flops_per_token(model: ModelConfig, n_params: int) -> float:
-    """Training FLOPs per token: 6N + 12·L·H·Q·T (forward + backward).
+    """Causal-LM training FLOPs per token: 6N + 12·L·H·Q·T (forward + backward).
 
     N = parameters without position embeddings (the tied token embedding counts
     once, as the LM head's matmul); L layers, H heads, Q head size, T context. The
-    second term is attention's QKᵀ and AV over the full T×T score matrix.
+    second term is attention's QKᵀ and AV over the full T×T score matrix (PaLM's
+    convention, appendix B: no discount for the causal mask).
     """
     cfg = model
     return 6.0 * n_params + 12.0 * cfg.n_layer * cfg.n_head * cfg.head_dim * cfg.block_size
+
+
+def classifier_step_flops(
+    model: ModelConfig, matmul_params: int, ids: np.ndarray, pad_id: int
+) -> tuple[int, float]:
+    """(real tokens, training FLOPs) of one classification batch.
+
+    The classifier computes no LM head, and the token embedding is a lookup, so
+    N = `matmul_params` (blocks, final norm, classifier head). A row of n real
+    (non-pad) tokens costs 6·N·n + 12·L·H·Q·n² (attention over its n×n scores,
+    the same full-matrix convention as `flops_per_token`); padding is not counted.
+    """
+    lengths = (np.asarray(ids) != pad_id).sum(axis=1).astype(np.float64)
+    width = model.n_head * model.head_dim
+    flops = 6.0 * matmul_params * lengths.sum() + 12.0 * model.n_layer * width * float((lengths**2).sum())
+    return int(lengths.sum()), float(flops)
 
 
 def perplexity(loss: float) -> float:

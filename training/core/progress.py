@@ -29,6 +29,8 @@ def format_record(record: dict[str, Any]) -> str:
         value = record.get(key)
         if value is not None:
             parts.append(fmt.format(value))
+    if record.get("skipped_steps"):
+        parts.append(f"{record['skipped_steps']} skipped (fp16 overflow)")
     if "mfu" in record and record["mfu"] is None:
         parts.append("mfu n/a")  # no peak to compare with: CPU or a GPU missing from the matrix
     return " | ".join(parts)

@@ -7,10 +7,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-from training.core.checkpoint import atomic_write_bytes, atomic_write_text
+from envkit.atomic import atomic_write_bytes, atomic_write_text
+from envkit.vocab import format_id, is_format
 from training.core.metrics import read_metrics
 
 REPORT = "report.json"
+REPORT_FORMAT = format_id("train-report", 1)
 
 
 def update_report(run_dir: Path, section: str, data: dict[str, Any]) -> dict[str, Any]:
@@ -22,7 +24,8 @@ def update_report(run_dir: Path, section: str, data: dict[str, Any]) -> dict[str
             report = json.loads(path.read_text(encoding="utf-8"))
         except ValueError:
             report = {}
-    report.setdefault("format", "envkit-train-report/1")
+    if not is_format(report.get("format"), "train-report", 1):
+        report["format"] = REPORT_FORMAT  # also rewrites the older spelling "envkit-train-report/1"
     report[section] = data
     report["updated"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     atomic_write_text(path, json.dumps(report, indent=2, sort_keys=True, default=str) + "\n")

@@ -85,7 +85,7 @@ class TextTokenizer:
         return cls(Tokenizer.from_file(str(path)))
 
     def save(self, path: str | Path) -> None:
-        from training.core.checkpoint import atomic_write_text
+        from envkit.atomic import atomic_write_text
 
         atomic_write_text(Path(path), self.tok.to_str(pretty=False))
 

@@ -2,13 +2,13 @@
 
 How an engine plugs in
 ----------------------
-The loop lives in `training.core.loop` and is framework-free. It owns the
-schedule (warm-up + cosine, computed from the step), the data (NumPy batches
-from `training.core.data`), evaluation cadence, metrics, checkpoints
+The loop lives in `training.core.stage` (its two tasks in `training.core.tasks`)
+and is framework-free. It owns the schedule (warm-up + cosine, computed from
+the step), the data (NumPy batches from `training.core.data`), evaluation cadence, metrics, checkpoints
 (`training.core.checkpoint`), SIGTERM handling, NaN stop, early stopping and
 resume. For each run it:
 
-1. creates the engine: `get_engine(cfg.engine)(cfg, dist)` (registry in
+1. creates the engine: `get_engine(cfg.runtime.engine)(cfg, dist)` (registry in
    `training/engines/__init__.py`, imported lazily);
 2. calls `engine.build(task, model_cfg, pad_id, weights, optim)` once per stage
    (`task` is "lm" for pretraining, "cls" for fine-tuning/testing; `weights` is
@@ -21,7 +21,7 @@ resume. For each run it:
 4. evaluation: `engine.eval_step(batch)` returns summed loss + count (LM) or
    logits (classification);
 5. checkpoints: the loop asks `engine.export_weights()` (float32 NumPy arrays
-   named exactly as in TRAINING_CONTRACT.md, no `module.`/`_orig_mod.`
+   named exactly as in docs/training-contract.md, no `module.`/`_orig_mod.`
    prefixes) and lets `engine.save_state(tmp_dir)` add its optimizer, scaler
    and RNG state; on resume it calls `engine.import_weights(...)` then
    `engine.load_state(dir)`.
@@ -125,7 +125,9 @@ Batch = LMBatch | ClsBatch
 class StepResult:
     loss: float  # mean loss over the micro-batches (this rank)
     grad_norm: float  # total L2 norm before clipping
-    skipped: bool = False  # True when loss or gradients were not finite; no update was applied
+    # True when no update was applied: the loss or gradients were not finite, or (fp16)
+    # the grad scaler found overflowing gradients and skipped the step
+    skipped: bool = False
 
 
 @dataclass
@@ -137,10 +139,11 @@ class EvalOutput:
 
 @dataclass(frozen=True)
 class DeviceInfo:
-    kind: str  # "cpu" | "cuda" | "gpu"
+    kind: str  # envkit.vocab.Device: "cpu" | "gpu"
     name: str  # e.g. "cpu", "NVIDIA H200"
-    dtype: str  # compute dtype actually used: float32 | bf16 | fp16
+    dtype: str  # compute dtype actually used (envkit.vocab.DType): fp32 | bf16 | fp16
     peak_tflops: float | None  # dense peak for that dtype from the matrix; None on CPU/unknown
+    peak_note: str | None = None  # why peak_tflops is None (MFU then reads n/a)
 
 
 class Engine(ABC):

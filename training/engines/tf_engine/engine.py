@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from envkit.matrix import MatrixError, load_matrix
 from training.engines.base import (
     Batch,
     ClsBatch,
@@ -37,12 +38,13 @@ from training.engines.base import (
     StepResult,
     Task,
 )
+from training.engines.tf_quiet import quiet_startup
 
 if TYPE_CHECKING:
     from training.core.config import ModelConfig, TrainConfig
 
 STATE_FILE = "optimizer.safetensors"
-POLICIES = {"float32": "float32", "bf16": "mixed_bfloat16", "fp16": "mixed_float16"}
+POLICIES = {"fp32": "float32", "bf16": "mixed_bfloat16", "fp16": "mixed_float16"}
 
 
 def tf_config_workers() -> tuple[int, int] | None:
@@ -68,23 +70,24 @@ def _configure_devices(cfg: TrainConfig) -> None:
     import tensorflow as tf
 
     gpus = tf.config.list_physical_devices("GPU")
-    if cfg.device == "cuda" and not gpus:
+    device, threads = cfg.runtime.device, cfg.runtime.threads
+    if device == "gpu" and not gpus:
         raise EngineError(
-            "device=cuda but TensorFlow sees no GPU; install tensorflow[and-cuda] or use device=cpu"
+            "device=gpu but TensorFlow sees no GPU; install tensorflow[and-cuda] or use device=cpu"
         )
     # Each setting is refused once the runtime is up (a second engine in one process, e.g. the
     # test stage after fine-tuning): the first engine's settings then stay, which is what we want.
     with contextlib.suppress(RuntimeError):
-        if cfg.device == "cpu" and gpus:
+        if device == "cpu" and gpus:
             tf.config.set_visible_devices([], "GPU")
-    for gpu in gpus if cfg.device != "cpu" else []:
+    for gpu in gpus if device != "cpu" else []:
         with contextlib.suppress(RuntimeError):
             # share the GPU with evaluation tools instead of reserving all of its memory
             tf.config.experimental.set_memory_growth(gpu, True)
-    if cfg.threads > 0:
+    if threads > 0:
         with contextlib.suppress(RuntimeError):
-            tf.config.threading.set_intra_op_parallelism_threads(cfg.threads)
-            tf.config.threading.set_inter_op_parallelism_threads(min(cfg.threads, 2))
+            tf.config.threading.set_intra_op_parallelism_threads(threads)
+            tf.config.threading.set_inter_op_parallelism_threads(min(threads, 2))
 
 
 _MULTI_WORKER: Any = None  # one per process: collectives are configured once, at start-up
@@ -130,7 +133,8 @@ class TFEngine(Engine):
             )
         _configure_devices(cfg)
         multi_worker = _multi_worker_strategy() if cluster is not None and cluster[1] > 1 else None
-        self.gpus = tf.config.list_logical_devices("GPU")  # starts the runtime
+        with quiet_startup():
+            self.gpus = tf.config.list_logical_devices("GPU")  # starts the runtime
         if not self.gpus:
             # Bit-exact resume on CPU; on GPUs determinism costs speed and is not promised.
             tf.config.experimental.enable_op_determinism()
@@ -141,7 +145,7 @@ class TFEngine(Engine):
         # XLA fuses the many small ops of a small model's step: about 1.4x the tokens/s of the
         # plain graph on the 2-core CPU (benchmarks/throughput_tf.py), and the usual win on
         # GPUs. ENVKIT_TF_XLA=0 turns it off (for an op XLA cannot compile).
-        self.jit_compile = os.environ.get("ENVKIT_TF_XLA", "1") != "0" or cfg.compile
+        self.jit_compile = os.environ.get("ENVKIT_TF_XLA", "1") != "0" or cfg.runtime.compile
         self.model: Any = None
         self.task: Task = "lm"
         self.pad_id = 0
@@ -159,14 +163,15 @@ class TFEngine(Engine):
         return tf.distribute.get_strategy()
 
     def _choose_dtype(self) -> str:
-        want = self.cfg.dtype
+        """dtype=auto: bf16 on compute capability >= 8.0 (native), fp16 + loss scaling below, fp32 on CPU."""
+        want = self.cfg.runtime.dtype
         if want == "auto":
             if not self.gpus:
-                return "float32"
+                return "fp32"
             details = self.tf.config.experimental.get_device_details(
                 self.tf.config.list_physical_devices("GPU")[0]
             )
-            return "bf16" if details.get("compute_capability", (0, 0)) >= (8, 0) else "float32"
+            return "bf16" if details.get("compute_capability", (0, 0)) >= (8, 0) else "fp16"
         return want
 
     def build(
@@ -187,7 +192,7 @@ class TFEngine(Engine):
         keras.config.set_dtype_policy(POLICIES[self.dtype])
         try:
             with self.strategy.scope():
-                self.model = GPT(model, with_classifier=task == "cls", seed=self.cfg.seed).build_all()
+                self.model = GPT(model, with_classifier=task == "cls", seed=self.cfg.runtime.seed).build_all()
                 named = _named_variables(self.model)
                 if weights is not None:
                     try:
@@ -279,12 +284,9 @@ class TFEngine(Engine):
 
             tf.cond(finite, update, lambda: tf.constant(False))
             self.scaler.update(finite)
-            # float16: an overflowing gradient is routine (the loss scale halves, the step is
-            # skipped); only a non-finite loss means the run diverged, as in the PyTorch engine.
-            diverged = (
-                tf.logical_not(tf.math.is_finite(loss)) if self.scaler.enabled else tf.logical_not(finite)
-            )
-            return loss, norm, diverged
+            # skipped = no update applied. Under float16 an overflowing gradient is routine (the
+            # loss scale halves); the loop counts such a skip and stops only on a non-finite loss.
+            return loss, norm, tf.logical_not(finite)
 
         def evaluate(x: Any, y: Any) -> tuple[Any, Any]:
             w = tf.ones([tf.shape(x)[0]], tf.float32)
@@ -338,7 +340,7 @@ class TFEngine(Engine):
         xs, ys, ws = self._stack(micro_batches)
         n = len(micro_batches)
         seeds = np.stack(
-            [np.array([self.cfg.seed, self.micro_count + i], dtype=np.int64) for i in range(n)]
+            [np.array([self.cfg.runtime.seed, self.micro_count + i], dtype=np.int64) for i in range(n)]
         ).astype(np.int32)
         self.micro_count += n
         xs_d, ys_d, ws_d, seeds_d = self._distribute((xs, ys, ws), seeds)
@@ -417,7 +419,7 @@ class TFEngine(Engine):
 
     def device_info(self) -> DeviceInfo:
         if not self.gpus:
-            return DeviceInfo(kind="cpu", name="cpu", dtype=self.dtype, peak_tflops=None)
+            return DeviceInfo("cpu", "cpu", self.dtype, None, "no dense peak for a CPU in the matrix")
         details = self.tf.config.experimental.get_device_details(
             self.tf.config.list_physical_devices("GPU")[0]
         )
@@ -426,12 +428,10 @@ class TFEngine(Engine):
         if key is None:
             key = "tf32" if self.tf.config.experimental.tensor_float_32_execution_enabled() else "fp32"
         try:
-            from envkit.matrix import load_matrix
-
-            peak = load_matrix().peak_tflops(name, key)
-        except Exception:  # the matrix is optional for training; MFU is then n/a
-            peak = None
-        return DeviceInfo(kind="gpu", name=name, dtype=self.dtype, peak_tflops=peak)
+            lookup = load_matrix().peak_lookup(name, key)
+        except MatrixError as exc:  # a broken matrix.yaml: say so, train on
+            return DeviceInfo("gpu", name, self.dtype, None, f"the version matrix cannot be read ({exc})")
+        return DeviceInfo("gpu", name, self.dtype, lookup.tflops, lookup.reason)
 
     def peak_memory_bytes(self) -> int | None:
         if self.gpus:

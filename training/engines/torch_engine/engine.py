@@ -14,6 +14,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from envkit.matrix import MatrixError, load_matrix
+from envkit.vocab import DType
 from training.core.config import ModelConfig, TrainConfig
 from training.engines.base import (
     Batch,
@@ -31,17 +33,16 @@ from training.engines.base import (
 from training.engines.torch_engine.model import GPT
 
 STATE_FILE = "optimizer.pt"
-_MATRIX_DTYPE = {"float32": "fp32", "bf16": "bf16", "fp16": "fp16"}
 
 
 def _pick_device(cfg: TrainConfig, dist: DistInfo) -> torch.device:
-    want = cfg.device
+    want = cfg.runtime.device
     if want == "auto":
-        want = "cuda" if torch.cuda.is_available() else "cpu"
-    if want == "cuda":
+        want = "gpu" if torch.cuda.is_available() else "cpu"
+    if want == "gpu":
         if not torch.cuda.is_available():
             raise EngineError(
-                "device=cuda but torch sees no CUDA GPU; use device=cpu or a CUDA build of torch"
+                "device=gpu but torch sees no CUDA GPU; use device=cpu or a CUDA build of torch"
             )
         torch.cuda.set_device(dist.local_rank)
         return torch.device("cuda", dist.local_rank)
@@ -49,11 +50,16 @@ def _pick_device(cfg: TrainConfig, dist: DistInfo) -> torch.device:
 
 
 def _pick_dtype(cfg: TrainConfig, device: torch.device) -> str:
-    if cfg.dtype != "auto":
-        return cfg.dtype
-    if device.type == "cuda" and torch.cuda.is_bf16_supported():
-        return "bf16"
-    return "float32"
+    """dtype=auto: bf16 where the GPU computes it natively (compute capability >= 8.0), else fp16.
+
+    `torch.cuda.is_bf16_supported()` also says yes for emulated bf16 (V100, T4), which
+    runs far slower than fp16 with the grad scaler; the capability is the honest test.
+    """
+    if cfg.runtime.dtype != "auto":
+        return cfg.runtime.dtype
+    if device.type != "cuda":
+        return DType.FP32
+    return DType.BF16 if torch.cuda.get_device_capability(device) >= (8, 0) else DType.FP16
 
 
 class TorchEngine(Engine):
@@ -61,8 +67,8 @@ class TorchEngine(Engine):
 
     def __init__(self, cfg: TrainConfig, dist: DistInfo) -> None:
         super().__init__(cfg, dist)
-        if cfg.threads:
-            torch.set_num_threads(cfg.threads)
+        if cfg.runtime.threads:
+            torch.set_num_threads(cfg.runtime.threads)
         self.device = _pick_device(cfg, dist)
         self.dtype = _pick_dtype(cfg, self.device)
         if self.device.type == "cuda":
@@ -84,6 +90,7 @@ class TorchEngine(Engine):
         self.opt: torch.optim.Optimizer | None = None
         self.scaler: torch.amp.GradScaler | None = None
         self.task: Task = "lm"
+        self._device_info: DeviceInfo | None = None
 
     # -- construction ---------------------------------------------------------
     def build(
@@ -95,14 +102,33 @@ class TorchEngine(Engine):
         optim: OptimSpec,
     ) -> None:
         self.task = task
-        torch.manual_seed(self.cfg.seed)  # identical init on every rank
+        seed = self.cfg.runtime.seed
+        torch.manual_seed(seed)  # identical init on every rank
+        self.raw = self._build_model(task, model, pad_id, weights)
+        self.model = self.parallelize(self.raw)
+        self.opt = self._make_optimizer(optim)
+        self.scaler = torch.amp.GradScaler(self.device.type) if self.dtype == DType.FP16 else None
+        # dropout stream: distinct per rank, fixed by the seed
+        torch.manual_seed(seed + 1 + self.dist.rank)
+
+    def _build_model(
+        self, task: Task, model: ModelConfig, pad_id: int, weights: dict[str, np.ndarray] | None
+    ) -> GPT:
+        """The plain GPT on this engine's device, from `weights` when given."""
         raw = GPT(model, task=task, pad_id=pad_id)
         self.raw = raw
         if weights is not None:
             self.import_weights(weights, strict=not (task == "cls" and "cls_head.weight" not in weights))
-        raw.to(self.device)
+        return raw.to(self.device)
+
+    def parallelize(self, raw: GPT) -> torch.nn.Module:
+        """Wrap the built model for how it runs: FSDP2 per block, or DDP, then torch.compile.
+
+        Apart from building, so that checkpoints always use the plain model's names and a
+        new wrapping (tensor parallel, another compile mode) is one change here.
+        """
         run: torch.nn.Module = raw
-        self.fsdp = self.dist.world_size > 1 and self.cfg.distributed == "fsdp"
+        self.fsdp = self.dist.world_size > 1 and self.cfg.runtime.distributed == "fsdp"
         self.ddp = self.dist.world_size > 1 and not self.fsdp
         if self.fsdp:
             from torch.distributed.fsdp import fully_shard
@@ -115,13 +141,9 @@ class TorchEngine(Engine):
 
             ids = [self.device.index] if self.device.type == "cuda" else None
             run = DistributedDataParallel(raw, device_ids=ids)
-        if self.cfg.compile:
+        if self.cfg.runtime.compile:
             run = torch.compile(run)
-        self.model = run
-        self.opt = self._make_optimizer(optim)
-        self.scaler = torch.amp.GradScaler(self.device.type) if self.dtype == "fp16" else None
-        # dropout stream: distinct per rank, fixed by the seed
-        torch.manual_seed(self.cfg.seed + 1 + self.dist.rank)
+        return run
 
     def _make_optimizer(self, optim: OptimSpec) -> torch.optim.Optimizer:
         decay, no_decay = [], []
@@ -148,7 +170,7 @@ class TorchEngine(Engine):
 
     # -- steps ----------------------------------------------------------------
     def _autocast(self):
-        if self.dtype == "float32":
+        if self.dtype == DType.FP32:
             return contextlib.nullcontext()
         return torch.autocast(
             self.device.type, dtype=torch.bfloat16 if self.dtype == "bf16" else torch.float16
@@ -193,10 +215,13 @@ class TorchEngine(Engine):
         # one device->host copy per step: the NaN check needs both numbers on the host
         loss_value, norm_value = torch.stack([total.float(), norm.float()]).tolist()
         if self.scaler is not None:
-            # fp16: an overflowing step is normal; the scaler skips it and lowers the scale
+            # fp16: an overflowing step is normal; the scaler skips it and lowers the scale.
+            # A skip shows as a lower scale after update() (found_inf was set), even when
+            # the loss itself was finite: report it, never count it as an applied update.
+            scale_before = self.scaler.get_scale()
             self.scaler.step(self.opt)
             self.scaler.update()
-            skipped = not math.isfinite(loss_value)
+            skipped = not math.isfinite(loss_value) or self.scaler.get_scale() < scale_before
         elif math.isfinite(loss_value) and math.isfinite(norm_value):
             self.opt.step()
             skipped = False
@@ -315,17 +340,20 @@ class TorchEngine(Engine):
     # -- environment ----------------------------------------------------------------
     def device_info(self) -> DeviceInfo:
         if self.device.type != "cuda":
-            return DeviceInfo("cpu", "cpu", self.dtype, None)
-        name = torch.cuda.get_device_name(self.device)
-        dtype = self.dtype
-        if dtype == "float32" and torch.backends.cuda.matmul.allow_tf32:
-            dtype = "tf32"
-        peak = None
-        with contextlib.suppress(Exception):  # an unknown GPU has no peak: MFU reads n/a
-            from envkit.matrix import load_matrix
-
-            peak = load_matrix().peak_tflops(name, _MATRIX_DTYPE.get(dtype, dtype))
-        return DeviceInfo("cuda", name, self.dtype, peak)
+            return DeviceInfo("cpu", "cpu", self.dtype, None, "no dense peak for a CPU in the matrix")
+        if self._device_info is None:
+            name = torch.cuda.get_device_name(self.device)
+            dtype = self.dtype
+            if dtype == DType.FP32 and torch.backends.cuda.matmul.allow_tf32:
+                dtype = DType.TF32  # the matmuls outside autocast run on TF32 tensor cores
+            sms = torch.cuda.get_device_properties(self.device).multi_processor_count
+            try:
+                lookup = load_matrix().peak_lookup(name, str(dtype), sms)
+                peak, note = lookup.tflops, lookup.reason
+            except MatrixError as exc:  # a broken matrix.yaml: say so, train on
+                peak, note = None, f"the version matrix cannot be read ({exc})"
+            self._device_info = DeviceInfo("gpu", name, self.dtype, peak, note)
+        return self._device_info
 
     def peak_memory_bytes(self) -> int | None:
         if self.device.type == "cuda":

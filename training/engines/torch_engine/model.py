@@ -1,4 +1,4 @@
-"""The GPT-style decoder of TRAINING_CONTRACT.md, in PyTorch.
+"""The GPT-style decoder of docs/training-contract.md, in PyTorch.
 
 Parameter names equal the checkpoint names (`wte.weight`, `h.0.attn.c_attn.weight`,
 ...), so `state_dict()` is the checkpoint with no renaming.
