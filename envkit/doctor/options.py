@@ -83,5 +83,18 @@ def gpu_expected(opts: DoctorOptions) -> bool:
         or nvidia_device_nodes(opts)
         or opts.path("/proc/driver/nvidia").exists()
         or opts.path("/dev/dxg").exists()  # WSL2's GPU paravirtualisation device
-        or os.environ.get("NVIDIA_VISIBLE_DEVICES") not in (None, "", "void", "none")
+        or _nvidia_visible_devices_requested()
     )
+
+
+def _nvidia_visible_devices_requested() -> bool:
+    """NVIDIA_VISIBLE_DEVICES names GPUs, and not merely as the image's own default.
+
+    envkit's CUDA images set NVIDIA_VISIBLE_DEVICES=all for the Container Toolkit and
+    record that default in ENVKIT_IMAGE_NVIDIA_VISIBLE_DEVICES: run without --gpus, the
+    image's default says nothing about this machine (a GPU given shows /dev/nvidia*).
+    """
+    value = os.environ.get("NVIDIA_VISIBLE_DEVICES")
+    if value in (None, "", "void", "none"):
+        return False
+    return value != os.environ.get("ENVKIT_IMAGE_NVIDIA_VISIBLE_DEVICES")

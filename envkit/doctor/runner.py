@@ -20,9 +20,11 @@ def _probes() -> dict[str, Probe]:
     from envkit.doctor.probes.containers import probe_dcgm, probe_docker
     from envkit.doctor.probes.cuda import probe_cuda
     from envkit.doctor.probes.driver import probe_driver
+    from envkit.doctor.probes.fabric import probe_fabric
     from envkit.doctor.probes.frameworks import probe_pytorch, probe_tensorflow
     from envkit.doctor.probes.gpu import probe_gpu
     from envkit.doctor.probes.host import probe_host
+    from envkit.doctor.probes.xid import probe_xid
 
     # The framework probes come first: they are the slowest, the rest overlaps them.
     return {
@@ -31,6 +33,8 @@ def _probes() -> dict[str, Probe]:
         "host": probe_host,
         "driver": probe_driver,
         "gpu": probe_gpu,
+        "fabric": probe_fabric,
+        "xid": probe_xid,
         "cuda": probe_cuda,
         "docker": probe_docker,
         "dcgm": probe_dcgm,
