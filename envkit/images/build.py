@@ -15,6 +15,7 @@ service, with `--format docker` so HEALTHCHECK survives.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
@@ -26,7 +27,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from envkit import __version__
+from envkit.images.wheelhouse import base_lock_name, uses_lock, wheel_set_dir
 from envkit.matrix import ImageRow
+from envkit.process import run_process
 
 DEFAULT_UID = 1000
 BUILDKIT_CLI_MAX_MAJOR = 22  # docker CLI 23.0 moved BuildKit into the buildx plugin
@@ -42,6 +45,7 @@ def source_root() -> Path:
 
 
 CONTEXT_PATHS = ("pyproject.toml", "README.md", ".dockerignore", "Dockerfiles", "envkit", "training")
+BUILD_TIMEOUT_S = 3 * 3600.0
 
 
 def snapshot_context(dest: Path, wheelhouse: Path | None = None, source: Path | None = None) -> Path:
@@ -55,17 +59,28 @@ def snapshot_context(dest: Path, wheelhouse: Path | None = None, source: Path | 
         else:
             shutil.copy2(src, dest / name)
     if wheelhouse is not None:
-        (dest / "wheelhouse").mkdir()
-        for wheel in wheelhouse.glob("*.whl"):
+        # wheels hard-linked, the top level and each locked row's directory
+        for wheel in [*wheelhouse.glob("*.whl"), *wheelhouse.glob("*/*.whl")]:
+            target = dest / "wheelhouse" / wheel.relative_to(wheelhouse)
+            target.parent.mkdir(parents=True, exist_ok=True)
             try:
-                os.link(wheel, dest / "wheelhouse" / wheel.name)
+                os.link(wheel, target)
             except OSError:  # another filesystem
-                shutil.copy2(wheel, dest / "wheelhouse" / wheel.name)
+                shutil.copy2(wheel, target)
     return dest
 
 
 def dockerfile_for(row: ImageRow, context: Path) -> Path:
-    return context / "Dockerfiles" / f"{row.name}.Dockerfile"
+    """The one Dockerfile of every row: the rows differ only in build arguments."""
+    return context / "Dockerfiles" / "Dockerfile"
+
+
+DESCRIPTIONS = {
+    "pytorch": "PyTorch with envkit (doctor, bench) and its training package",
+    "tensorflow": "TensorFlow/Keras with envkit (doctor, bench) and its training package",
+}
+BENCH_BACKENDS = {"pytorch": "torch", "tensorflow": "tensorflow"}
+SOURCE_LABEL = "org.opencontainers.image.source"
 
 
 def git_revision(context: Path) -> str:
@@ -85,8 +100,40 @@ def git_revision(context: Path) -> str:
     return f"{head}-dirty" if dirty else head
 
 
-def git_source(context: Path) -> str:
-    """The origin remote's URL (the OCI `source` label), or 'unknown'."""
+_SCP_REMOTE = re.compile(r"^(?:[^@/]+@)?([^:/]+):(?!//)(.+)$")
+
+
+def https_remote(url: str) -> str | None:
+    """A git remote as a public https URL without credentials; None when it is not a remote.
+
+    git@host:org/repo.git, ssh://git@host/org/repo, https://user:token@host/org/repo
+    all become https://host/org/repo; a local path or file:// URL gives None (a
+    label must not leak the build machine's paths).
+    """
+    url = url.strip()
+    if not url or url.startswith(("/", ".", "file:")):
+        return None
+    if "://" in url:
+        scheme, rest = url.split("://", 1)
+        if scheme not in ("https", "http", "ssh", "git", "git+ssh", "ssh+git"):
+            return None
+        hostpart, _, path = rest.partition("/")
+        host = hostpart.rsplit("@", 1)[-1]  # drop user[:token]@
+        if scheme != "https" and scheme != "http":
+            host = host.split(":", 1)[0]  # an ssh port is not the web server's
+    else:
+        match = _SCP_REMOTE.match(url)
+        if not match:
+            return None
+        host, path = match.groups()
+    path = path.strip("/").removesuffix(".git")
+    if not host or not path:
+        return None
+    return f"https://{host}/{path}"
+
+
+def git_source(context: Path) -> str | None:
+    """The origin remote in https form (the OCI `source` label), or None without one."""
     try:
         url = subprocess.run(
             ["git", "-C", str(context), "remote", "get-url", "origin"],
@@ -95,8 +142,8 @@ def git_source(context: Path) -> str:
             check=True,
         ).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-    return url or "unknown"
+        return None
+    return https_remote(url)
 
 
 @dataclass(frozen=True)
@@ -112,6 +159,8 @@ class BuildPlan:
     build_args: dict[str, str]
     secrets: dict[str, Path] = field(default_factory=dict)
     wheelhouse: Path | None = None
+    # set at build time with --label (no layer depends on them); absent keys stay absent
+    labels: dict[str, str] = field(default_factory=dict)
 
     @property
     def offline(self) -> bool:
@@ -140,6 +189,12 @@ def plan_build(
             "(pass --context DIR)"
         )
     base = base_image or row.base_image
+    if row.cuda is None:
+        compat = "none"
+    elif base.startswith("nvidia/cuda:"):
+        compat = "from-base"  # NVIDIA's images carry cuda-compat under /usr/local/cuda/compat
+    else:
+        compat = "absent"  # PyPI has no cuda-compat: build with --base nvidia/cuda:* for it
     args = {
         "BASE_IMAGE": base,
         "VARIANT": row.variant,
@@ -151,12 +206,21 @@ def plan_build(
         "CUDA_VERSION": row.cuda or "none",
         "ENVKIT_UID": str(uid),
         "ENVKIT_GID": str(uid if gid is None else gid),
+        "CUDA_COMPAT": compat,
+        "DESCRIPTION": DESCRIPTIONS.get(row.framework, f"{row.framework} with envkit"),
+        "BENCH_BACKEND": BENCH_BACKENDS.get(row.framework, row.framework),
+        # the dependency layer installs BASE_LOCK (shared by cuda and cuda-devel),
+        # venv-cuda-devel adds LOCK's extra wheels (nvcc, headers) on top
+        "BASE_LOCK": base_lock_name(row) if uses_lock(row) else "none",
+        "LOCK": f"{row.key}.txt" if uses_lock(row) else "none",
         "ENVKIT_VERSION": __version__,
-        "SOURCE": git_source(context),
         "REVISION": git_revision(context),
         "CREATED": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "WHEELHOUSE": "none",
+        "WHEELS": "wheelhouse",
     }
+    source = git_source(context)
+    labels = {SOURCE_LABEL: source} if source else {}
     secrets = {}
     for name, path in (("pip_cert", pip_cert), ("pip_conf", pip_conf)):
         if path is not None:
@@ -164,8 +228,11 @@ def plan_build(
                 raise ImageBuildError(f"{name} file {path} does not exist; pass an existing file")
             secrets[name] = path.resolve()
     if wheelhouse is not None:
-        wheelhouse = wheelhouse.resolve()
+        # A locked row reads its own directory (wheelhouse/<row>/), a CPU row the top level.
+        wheelhouse = wheel_set_dir(row, wheelhouse.resolve())
         args["WHEELHOUSE"] = "context"
+        with contextlib.suppress(ValueError):
+            args["WHEELS"] = wheelhouse.relative_to(context).as_posix()
     return BuildPlan(
         row=row,
         context=context,
@@ -176,6 +243,7 @@ def plan_build(
         build_args=args,
         secrets=secrets,
         wheelhouse=wheelhouse,
+        labels=labels,
     )
 
 
@@ -263,13 +331,15 @@ def find_builder(engine: str = "docker") -> Builder:
     )
 
 
-def build_command(plan: BuildPlan, builder: Builder) -> list[str]:
+def build_command(plan: BuildPlan, builder: Builder, *, no_cache: bool = False) -> list[str]:
     """The full build command line (secrets as file paths, never their contents)."""
     cmd = [*builder.argv, "--progress=plain"] if builder.kind != "podman" else [*builder.argv]
+    if no_cache:
+        cmd.append("--no-cache")  # a cold build (benchmarks); cache mounts stay, the wheelhouse is offline
     cmd += ["--file", str(plan.dockerfile), "--target", plan.target, "--tag", plan.tag]
     args = dict(plan.build_args)
     if plan.wheelhouse is not None:
-        inside = plan.wheelhouse == plan.context / "wheelhouse"
+        inside = plan.wheelhouse.is_relative_to(plan.context / "wheelhouse")
         if builder.named_contexts:
             # buildx replaces the `wheelhouse` stage by the directory: no copy, any path.
             args["WHEELHOUSE"] = "none"
@@ -281,6 +351,8 @@ def build_command(plan: BuildPlan, builder: Builder) -> list[str]:
             )
     for key, value in args.items():
         cmd += ["--build-arg", f"{key}={value}"]
+    for key, value in plan.labels.items():
+        cmd += ["--label", f"{key}={value}"]
     for name, path in plan.secrets.items():
         cmd += ["--secret", f"id={name},src={path}"]
     return [*cmd, str(plan.context)]
@@ -301,45 +373,71 @@ def run_build(
     builder: Builder,
     log_path: Path,
     on_step: Callable[[str], None] | None = None,
+    timeout_s: float = BUILD_TIMEOUT_S,
+    no_cache: bool = False,
 ) -> BuildResult:
-    """Run the build, streaming each step's title to `on_step` and every line to `log_path`."""
-    cmd = build_command(plan, builder)
+    """Run the build, streaming each step's title to `on_step` and every line to `log_path`.
+
+    The image the tag named before is removed when the build left it dangling
+    (untagged, unused): repeated builds must not fill the disk with our old images.
+    """
+    cmd = build_command(plan, builder, no_cache=no_cache)
     env = {**os.environ, **builder.env}
     log_path.parent.mkdir(parents=True, exist_ok=True)
+    previous = _image_id(plan.tag)
     started = time.monotonic()
     steps: dict[str, str] = {}
     cached: set[str] = set()
-    last = ""
+    last = [""]
     with log_path.open("w", encoding="utf-8", buffering=1) as log:
         log.write("$ " + " ".join(cmd) + "\n")
+
+        def on_line(line: str) -> None:
+            log.write(line + "\n")
+            step = _step_title(line, builder.kind)
+            if step is None:
+                return
+            ident, title = step
+            if title == "CACHED":
+                cached.add(ident or last[0])  # podman's cache line names no step
+                return
+            last[0] = ident
+            if ident not in steps:
+                steps[ident] = title
+                if on_step:
+                    on_step(title)
+
         try:
-            proc = subprocess.Popen(
-                cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, bufsize=1
-            )
+            result = run_process(cmd, timeout_s=timeout_s, env=env, on_line=on_line, merge_stderr=True)
         except OSError as exc:
             raise ImageBuildError(f"cannot run {cmd[0]}: {exc}") from None
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            log.write(line)
-            step = _step_title(line, builder.kind)
-            if step is not None:
-                ident, title = step
-                if title == "CACHED":
-                    cached.add(ident or last)  # podman's cache line names no step
-                    continue
-                last = ident
-                if ident not in steps:
-                    steps[ident] = title
-                    if on_step:
-                        on_step(title)
-        rc = proc.wait()
-    if rc != 0:
+    if not result.ok:
+        why = f"timed out after {timeout_s:.0f} s" if result.timed_out else f"exit {result.returncode}"
         tail = [ln.rstrip() for ln in log_path.read_text(encoding="utf-8").splitlines()[-6:]]
-        raise ImageBuildError(f"build of {plan.tag} failed (exit {rc}); log {log_path}: " + " | ".join(tail))
+        raise ImageBuildError(f"build of {plan.tag} failed ({why}); log {log_path}: " + " | ".join(tail))
     image_id = _image_id(plan.tag)
+    if previous and previous != image_id:
+        remove_if_dangling(previous)
     return BuildResult(
         plan.tag, image_id, time.monotonic() - started, len(steps), len(cached & set(steps)), log_path
     )
+
+
+def remove_if_dangling(image_id: str) -> bool:
+    """Remove `image_id` if it has no tag and no container uses it (the old build of our tag)."""
+    try:
+        import docker as docker_py
+
+        client = docker_py.from_env()
+        image = client.images.get(image_id)
+        if image.tags:
+            return False
+        if client.containers.list(all=True, filters={"ancestor": image_id}):
+            return False
+        client.images.remove(image_id, noprune=False)
+        return True
+    except Exception:  # a conflict (child images) or a gone image: leave it to the engine
+        return False
 
 
 _PODMAN_STEP = re.compile(r"^((?:\[\d+/\d+\] )?STEP \d+/\d+):")

@@ -1,53 +1,59 @@
 """`envkit images`: list, build and test the version matrix's container images.
 
 Thin commands: each parses its options, calls envkit.images.{build,checks,
-wheelhouse} and renders the result as a Rich table or as JSON.
+wheelhouse} and renders the result as a Rich table or as JSON. Errors follow
+envkit/cli_support.py: a wrong input is one `error:` line and exit 2, a
+machine or check failure exit 1.
 """
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any
 
 import typer
-from rich.console import Console
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from envkit.cli_support import CheckFailed, UsageError, console, emit, exit_with, make_app
 from envkit.images.build import (
     BuildResult,
     ImageBuildError,
+    default_pip_cert,
     find_builder,
     plan_build,
     run_build,
     source_root,
 )
-from envkit.images.checks import check_image, engine_kind
-from envkit.images.wheelhouse import WheelhouseError, ensure_wheelhouse
+from envkit.images.checks import check_image, engine_kind, row_for_image
+from envkit.images.wheelhouse import WheelhouseError, check_lock, ensure_wheelhouse, uses_lock
 from envkit.matrix import ImageRow, MatrixError, load_matrix
 
-app = typer.Typer(help="List, build and test the matrix's container images.", no_args_is_help=True)
-console = Console(stderr=True)
-VARIANTS = "cpu | cuda | cuda-devel"
+app = make_app(help="List, build and test the matrix's container images.")
+VARIANTS = ("cpu", "cuda", "cuda-devel")
+TARGETS = ("runtime", "test")
 
 
-def _fail(message: str, code: int = 1) -> typer.Exit:
-    console.print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True)
-    return typer.Exit(code)
+def _check_variant(variant: str) -> None:
+    if variant not in VARIANTS:
+        raise UsageError(f"--variant {variant!r} is not one of {', '.join(VARIANTS)}; pick one of them")
 
 
 def _rows(name: str | None, variant: str, every: bool) -> list[ImageRow]:
+    _check_variant(variant)
     try:
         matrix = load_matrix()
         if every:
-            return [r for r in matrix.images if name is None or r.name == name]
+            rows = [r for r in matrix.images if name is None or r.name == name]
+            if not rows:
+                raise MatrixError(f"no image named {name!r}")
+            return rows
         if name is None:
-            raise _fail("name an image (e.g. `pytorch`) or pass --all", 2)
+            raise UsageError("name an image (e.g. `pytorch`) or pass --all")
         return [matrix.image(name, variant)]
     except MatrixError as exc:
-        raise _fail(f"{exc} (see `envkit images list`)", 2) from None
+        raise UsageError(f"{exc} (see `envkit images list`)") from None
 
 
 def _client() -> Any:
@@ -58,7 +64,7 @@ def _client() -> Any:
         client.ping()
         return client
     except Exception as exc:  # DockerException, connection refused, permission denied
-        raise _fail(
+        raise CheckFailed(
             f"no container engine answers at {os.environ.get('DOCKER_HOST', 'unix:///var/run/docker.sock')} "
             f"({type(exc).__name__}); start one with `bash scripts/docker-engine.sh` or set DOCKER_HOST"
         ) from None
@@ -110,28 +116,30 @@ def list_images(as_json: bool = typer.Option(False, "--json", help="Print JSON f
                 "cuda": row.cuda,
                 "python": row.python,
                 "base_image": row.base_image,
+                "locked": uses_lock(row),
                 "size_budget_mb": row.size_budget_mb,
                 "built": None if client is None else image is not None,
                 "size_mb": round(image.attrs["Size"] / 2**20) if image else None,
             }
         )
-    if as_json:
-        typer.echo(json.dumps({"images": data}, indent=2))
-        return
-    table = Table(title="envkit images (envkit/data/matrix.yaml)")
-    for col in ("image", "tag", "cuda", "python", "base image", "MB / budget"):
-        table.add_column(col, overflow="fold")
-    for d in data:
-        size = "-" if d["size_mb"] is None else str(d["size_mb"])
-        table.add_row(
-            f"{d['name']}-{d['variant']}",
-            d["tag"],
-            d["cuda"] or "-",
-            d["python"],
-            d["base_image"],
-            f"{size} / {d['size_budget_mb']}",
-        )
-    Console().print(table)
+
+    def render(out: Any) -> None:
+        table = Table(title="envkit images (envkit/data/matrix.yaml)")
+        for col in ("image", "tag", "cuda", "python", "base image", "MB / budget"):
+            table.add_column(col, overflow="fold")
+        for d in data:
+            size = "-" if d["size_mb"] is None else str(d["size_mb"])
+            table.add_row(
+                f"{d['name']}-{d['variant']}",
+                d["tag"],
+                d["cuda"] or "-",
+                d["python"],
+                d["base_image"],
+                f"{size} / {d['size_budget_mb']}",
+            )
+        out.print(table)
+
+    emit({"images": data}, as_json=as_json, render=render)
 
 
 def _build_rows(
@@ -148,18 +156,25 @@ def _build_rows(
     skip_missing_base: bool,
 ) -> tuple[list[BuildResult], list[tuple[str, str]]]:
     """Build every row's targets with a progress line; return results and skipped rows."""
-    from envkit.images.build import default_pip_cert
-
     for flag, path in (("--pip-cert", pip_cert), ("--pip-conf", pip_conf), ("--wheelhouse", wheelhouse)):
         if path is not None and not path.exists():
-            raise _fail(f"{flag} {path} does not exist; pass an existing path", 2)
+            raise UsageError(f"{flag} {path} does not exist; pass an existing path")
+    ctx = (context or source_root()).resolve()
+    if not (ctx / "Dockerfiles" / "Dockerfile").is_file():
+        raise UsageError(f"--context {ctx} has no Dockerfiles/Dockerfile; pass an envkit source checkout")
+    house = None if online else (wheelhouse or ctx / "wheelhouse").resolve()
+    if online:
+        for row in rows:
+            if uses_lock(row):
+                try:
+                    check_lock(row, ctx / "pyproject.toml", ctx)
+                except WheelhouseError as exc:
+                    raise UsageError(str(exc)) from None
     client = _client()
     try:
         builder = find_builder(engine_kind(client))
     except ImageBuildError as exc:
-        raise _fail(str(exc)) from None
-    ctx = (context or source_root()).resolve()
-    house = None if online else (wheelhouse or ctx / "wheelhouse").resolve()
+        raise CheckFailed(str(exc)) from None
     cert = pip_cert or default_pip_cert()
     results: list[BuildResult] = []
     skipped: list[tuple[str, str]] = []
@@ -167,7 +182,7 @@ def _build_rows(
         SpinnerColumn(),
         TextColumn("{task.description}"),
         TimeElapsedColumn(),
-        console=console,
+        console=console(stderr=True),
         transient=False,
     ) as progress:
         buildable = []
@@ -178,7 +193,7 @@ def _build_rows(
             elif skip_missing_base:
                 skipped.append((row.key, reason))
             else:
-                raise _fail(f"{reason}; pass --base IMAGE or load it with `docker load`")
+                raise UsageError(f"{reason}; pass --base IMAGE or load it with `docker load`")
         if house is not None and buildable:
             task = progress.add_task(f"wheelhouse {house}", total=None)
             try:
@@ -189,7 +204,7 @@ def _build_rows(
                     on_line=lambda s: progress.update(task, description=f"wheelhouse: {s}"),
                 )
             except WheelhouseError as exc:
-                raise _fail(f"{exc}; retry, or build with --online") from None
+                raise CheckFailed(f"{exc}; retry, or build with --online") from None
             progress.update(task, description=f"wheelhouse {house}: ready")
         for row in buildable:
             for target in targets:
@@ -205,7 +220,7 @@ def _build_rows(
                         uid=uid,
                     )
                 except ImageBuildError as exc:
-                    raise _fail(str(exc), 2) from None
+                    raise UsageError(str(exc)) from None
                 task = progress.add_task(f"{plan.tag}: starting ({builder.kind})", total=None)
                 log = ctx / "build" / "images" / f"{row.key}-{target}.log"
                 try:
@@ -219,10 +234,10 @@ def _build_rows(
                     )
                 except ImageBuildError as exc:
                     progress.update(task, description=f"[red]{plan.tag}: failed")
-                    raise _fail(str(exc)) from None
+                    raise CheckFailed(str(exc)) from None
                 progress.update(
                     task,
-                    description=f"[green]{plan.tag}[/green]: built, "
+                    description=f"[green]{plan.tag}[/green]: built in {result.seconds:.0f} s, "
                     f"{result.cached_steps}/{result.steps} steps cached",
                 )
                 results.append(result)
@@ -232,11 +247,13 @@ def _build_rows(
 @app.command("build")
 def build(
     name: str | None = typer.Argument(None, help="Image name from the matrix: pytorch or tensorflow."),
-    variant: str = typer.Option("cpu", "--variant", help=f"Matrix variant: {VARIANTS}."),
+    variant: str = typer.Option("cpu", "--variant", help=f"Matrix variant: {' | '.join(VARIANTS)}."),
     every: bool = typer.Option(
         False, "--all", help="Every row (of NAME, if given) whose base image is available."
     ),
-    base: str | None = typer.Option(None, "--base", help="Override the row's base image."),
+    base: str | None = typer.Option(
+        None, "--base", help="Override the row's base image (e.g. nvidia/cuda:13.0.0-base-ubuntu24.04)."
+    ),
     wheelhouse: Path | None = typer.Option(
         None,
         "--wheelhouse",
@@ -257,12 +274,11 @@ def build(
     as_json: bool = typer.Option(False, "--json", help="Print JSON for machines."),
 ) -> None:
     """Build images from the matrix with BuildKit (progress on stderr, log under build/images/)."""
-    if variant not in ("cpu", "cuda", "cuda-devel"):
-        raise _fail(f"--variant {variant!r} is not one of {VARIANTS}", 2)
-    if target not in ("runtime", "test"):
-        raise _fail(f"--target {target!r} is not one of runtime, test", 2)
+    _check_variant(variant)
+    if target not in TARGETS:
+        raise UsageError(f"--target {target!r} is not one of {', '.join(TARGETS)}; pick one of them")
     if online and wheelhouse is not None:
-        raise _fail("--online and --wheelhouse exclude each other; pass one", 2)
+        raise UsageError("--online and --wheelhouse exclude each other; pass one")
     rows = _rows(name, variant, every)
     results, skipped = _build_rows(
         rows,
@@ -276,95 +292,133 @@ def build(
         context=context,
         skip_missing_base=every,
     )
-    if as_json:
-        typer.echo(
-            json.dumps(
-                {
-                    "built": [
-                        {
-                            "tag": r.tag,
-                            "id": r.image_id,
-                            "seconds": round(r.seconds, 1),
-                            "steps": r.steps,
-                            "cached_steps": r.cached_steps,
-                            "log": str(r.log),
-                        }
-                        for r in results
-                    ],
-                    "skipped": [{"image": k, "reason": why} for k, why in skipped],
-                },
-                indent=2,
-            )
-        )
-        return
-    table = Table(title="built")
-    for col in ("tag", "id", "seconds", "cached steps"):
-        table.add_column(col)
-    for r in results:
-        table.add_row(r.tag, r.image_id[7:19], f"{r.seconds:.1f}", f"{r.cached_steps}/{r.steps}")
-    Console().print(table)
-    for key, why in skipped:
-        console.print(f"[yellow]skipped {key}:[/yellow] {why}", highlight=False, soft_wrap=True)
+    doc = {
+        "built": [
+            {
+                "tag": r.tag,
+                "id": r.image_id,
+                "seconds": round(r.seconds, 1),
+                "steps": r.steps,
+                "cached_steps": r.cached_steps,
+                "log": str(r.log),
+            }
+            for r in results
+        ],
+        "skipped": [{"image": k, "reason": why} for k, why in skipped],
+    }
+
+    def render(out: Any) -> None:
+        table = Table(title="built")
+        for col in ("tag", "id", "seconds", "cached steps"):
+            table.add_column(col)
+        for r in results:
+            table.add_row(r.tag, r.image_id[7:19], f"{r.seconds:.1f}", f"{r.cached_steps}/{r.steps}")
+        out.print(table)
+        for key, why in skipped:
+            console(stderr=True).print(f"[yellow]skipped {key}:[/yellow] {why}", soft_wrap=True)
+
+    emit(doc, as_json=as_json, render=render)
 
 
 @app.command("test")
 def test(
-    name: str = typer.Argument(..., help="Image name from the matrix: pytorch or tensorflow."),
-    variant: str = typer.Option("cpu", "--variant", help=f"Matrix variant: {VARIANTS}."),
+    image: str = typer.Argument(
+        ...,
+        help="An image reference (tag or id, e.g. envkit/pytorch:2.13.0-cuda13.0, built here or pulled), "
+        "or a matrix name (pytorch, tensorflow) with --variant: that row is built first.",
+    ),
+    variant: str = typer.Option("cpu", "--variant", help=f"With a matrix name: {' | '.join(VARIANTS)}."),
     no_build: bool = typer.Option(
-        False, "--no-build", help="Test the existing image only; skip the `test` build target."
+        False, "--no-build", help="With a matrix name: test the existing image; build nothing."
     ),
     as_json: bool = typer.Option(False, "--json", help="Print JSON for machines."),
 ) -> None:
-    """Build the image's `test` target (doctor + tiny bench inside), then check it from outside."""
-    row = _rows(name, variant, every=False)[0]
+    """Check an image from outside against its matrix row (labels, versions, CUDA, user, secrets)."""
+    _check_variant(variant)
+    names = {r.name for r in load_matrix().images}
     client = _client()
-    if not no_build:
-        _build_rows(
-            [row],
-            targets=("runtime", "test"),
-            base=None,
-            wheelhouse=None,
-            online=False,
-            uid=1000,
-            pip_cert=None,
-            pip_conf=None,
-            context=None,
-            skip_missing_base=False,
-        )
-    elif _local_image(client, row.tag) is None:
-        raise _fail(
-            f"{row.tag} is not built here; run `envkit images build {row.name} --variant {row.variant}`"
-        )
-    checks = check_image(client, row, row.tag)
-    failed = [c for c in checks if not c.ok]
-    if as_json:
-        typer.echo(json.dumps({"image": row.tag, "checks": [c.to_dict() for c in checks]}, indent=2))
+    if image in names:
+        row = _rows(image, variant, every=False)[0]
+        tag = row.tag
+        if not no_build:
+            _build_rows(
+                [row],
+                targets=("runtime", "test"),
+                base=None,
+                wheelhouse=None,
+                online=False,
+                uid=1000,
+                pip_cert=None,
+                pip_conf=None,
+                context=None,
+                skip_missing_base=False,
+            )
+        elif _local_image(client, tag) is None:
+            raise UsageError(
+                f"{tag} is not built here; run `envkit images build {row.name} --variant {row.variant}`"
+            )
     else:
-        table = Table(title=f"{row.tag}")
+        found = _local_image(client, image)
+        if found is None:
+            raise UsageError(
+                f"image {image!r} is not on this engine; build it, `docker pull` it, "
+                f"or name a matrix image ({', '.join(sorted(names))})"
+            )
+        try:
+            row = row_for_image(load_matrix(), found.labels or {})
+        except MatrixError as exc:
+            raise UsageError(f"{image}: {exc}; test an image built by `envkit images build`") from None
+        tag = image
+    checks = check_image(client, row, tag)
+    failed = [c for c in checks if not c.ok]
+
+    def render(out: Any) -> None:
+        table = Table(title=f"{tag} ({row.key})")
         for col in ("check", "result", "evidence"):
-            table.add_column(col)
+            table.add_column(col, overflow="fold")
         for c in checks:
             table.add_row(c.name, "[green]ok[/green]" if c.ok else "[red]FAIL[/red]", c.detail)
-        Console().print(table)
+        out.print(table)
+
+    emit(
+        {"image": tag, "row": row.key, "checks": [c.to_dict() for c in checks]},
+        as_json=as_json,
+        render=render,
+    )
     if failed:
-        raise typer.Exit(1)
+        exit_with(1)
 
 
 @app.command("wheelhouse")
 def wheelhouse_command(
     name: str | None = typer.Argument(None, help="Image name; all rows when omitted."),
-    variant: str = typer.Option("cpu", "--variant", help=f"Matrix variant: {VARIANTS}."),
+    variant: str = typer.Option("cpu", "--variant", help=f"Matrix variant: {' | '.join(VARIANTS)}."),
+    every: bool = typer.Option(False, "--all", help="Every variant of NAME (all rows when NAME is omitted)."),
     directory: Path | None = typer.Option(None, "--dir", help="Destination (default ./wheelhouse)."),
+    relock: bool = typer.Option(
+        False,
+        "--relock",
+        help="Resolve the CUDA rows' locks again (Dockerfiles/locks/*.txt) even when their inputs are "
+        "unchanged: moves the nvidia-*/cuda-* pins to what the index serves now.",
+    ),
 ) -> None:
-    """Download (once) every wheel the images need, for offline and air-gapped builds."""
-    rows = _rows(name, variant, every=name is None)
+    """Download (once) every wheel the images need, for offline and air-gapped builds.
+
+    CUDA rows are first resolved into their hashed lock (written when missing or
+    stale); the build installs exactly that lock.
+    """
+    rows = _rows(name, variant, every=every or name is None)
     ctx = source_root()
     dest = (directory or ctx / "wheelhouse").resolve()
     try:
-        with console.status("pip download ...") as status:
-            wheels = ensure_wheelhouse(rows, ctx / "pyproject.toml", dest, on_line=status.update)
+        with console(stderr=True).status("pip download ...") as status:
+            wheels = ensure_wheelhouse(
+                rows, ctx / "pyproject.toml", dest, on_line=status.update, relock=relock
+            )
     except WheelhouseError as exc:
-        raise _fail(str(exc)) from None
-    size = sum(w.stat().st_size for w in wheels) / 2**20
-    typer.echo(f"{dest}: {len(wheels)} wheels, {size:.0f} MiB")
+        raise CheckFailed(str(exc)) from None
+    size = sum(w.stat().st_size for w in set(wheels)) / 2**20
+    typer.echo(f"{dest}: {len(set(wheels))} wheels, {size:.0f} MiB")
+    for row in rows:
+        if uses_lock(row):
+            typer.echo(f"lock {ctx / 'Dockerfiles' / 'locks' / (row.key + '.txt')}")

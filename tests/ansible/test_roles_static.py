@@ -17,17 +17,33 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.ansible.conftest import ANSIBLE_DIR, BIN, matrix_ansible
+from envkit.matrix import load_matrix
+from tests.ansible.conftest import ANSIBLE_DIR, BIN, tool_env
 
 pytestmark = pytest.mark.ansible
 
+# The roles held to the contract below; a new role joins this tuple.
 ROLES = ("gpu_facts", "nvidia_driver", "docker_engine", "nvidia_container_toolkit", "envkit")
+# Roles with per-release variables (vars/<distribution>-<major>.yml through first_found).
+OS_RELEASES = ("Debian-12", "Ubuntu-22", "Ubuntu-24")
+OS_ROLES = ("nvidia_driver", "docker_engine", "nvidia_container_toolkit", "envkit")
+# Role defaults that are the version matrix's values (envkit/data/matrix.yaml, `ansible:`).
+MATRIX_DEFAULTS = {
+    "nvidia_driver_branch": "nvidia_driver",
+    "nvidia_container_toolkit_version": "nvidia_container_toolkit",
+}
+
+
+def matrix_ansible() -> dict[str, str]:
+    """The `ansible:` table of THE version matrix, read the way envkit reads it."""
+    return load_matrix().ansible
+
+
 PLAYBOOKS = ("playbooks/site.yml", "playbooks/verify.yml")
 
 
 def run_in_ansible_dir(*args: str, timeout: int = 300) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "ANSIBLE_CONFIG": str(ANSIBLE_DIR / "ansible.cfg"), "NO_COLOR": "1"}
-    env["PATH"] = f"{BIN}:{env.get('PATH', '/usr/bin:/bin')}"
+    env = tool_env(ANSIBLE_CONFIG=str(ANSIBLE_DIR / "ansible.cfg"))
     return subprocess.run(
         list(args), cwd=ANSIBLE_DIR, env=env, capture_output=True, text=True, timeout=timeout, check=False
     )
@@ -103,31 +119,130 @@ def test_every_variable_is_prefixed_documented_and_declared(role: str) -> None:
         assert opt.get("description"), f"{role}: {name} has no description in argument_specs"
 
 
-def test_role_version_fallbacks_equal_the_matrix() -> None:
-    """The roles read versions from envkit_matrix; their standalone fallback must not drift."""
+def test_role_version_defaults_equal_the_matrix() -> None:
+    """Standalone roles carry the matrix's versions as plain defaults; they must not drift."""
     matrix = matrix_ansible()
-    expected = {
-        ("nvidia_driver", "nvidia_driver_branch"),
-        ("nvidia_container_toolkit", "nvidia_container_toolkit_version"),
-    }
-    for role, var in expected:
-        raw = load_yaml(ANSIBLE_DIR / "roles" / role / "defaults" / "main.yml")[var]
-        assert f"envkit_matrix.ansible.{var}" in raw, raw
-        fallback = re.search(r"default\('([^']*)'\)", raw)
-        assert fallback and fallback.group(1) == matrix[var], f"{var} fallback differs from the matrix: {raw}"
+    assert set(MATRIX_DEFAULTS) == set(matrix), "a matrix key without a role default (or the reverse)"
+    for var, role in MATRIX_DEFAULTS.items():
+        default = load_yaml(ANSIBLE_DIR / "roles" / role / "defaults" / "main.yml")[var]
+        assert default == matrix[var], f"{role}: {var} is {default!r}, the matrix says {matrix[var]!r}"
+
+
+def test_site_playbook_passes_the_matrix_versions() -> None:
+    plays = load_yaml_list(ANSIBLE_DIR / "playbooks" / "site.yml")
+    roles = {r["role"]: r for r in plays[0]["roles"]}
+    for var, role in MATRIX_DEFAULTS.items():
+        assert roles[role]["vars"][var] == f"{{{{ envkit_matrix.ansible.{var} }}}}", var
+
+
+def load_yaml_list(path: Path) -> list:
+    return yaml.safe_load(path.read_text())
+
+
+def jinja_names(value) -> set[str]:
+    """Every identifier inside the Jinja expressions of a YAML value."""
+    if isinstance(value, dict):
+        return set().union(*(jinja_names(v) for v in value.values())) if value else set()
+    if isinstance(value, list):
+        return set().union(*(jinja_names(v) for v in value)) if value else set()
+    if not isinstance(value, str):
+        return set()
+    names: set[str] = set()
+    for expr in re.findall(r"\{\{(.*?)\}\}|\{%(.*?)%\}", value, re.DOTALL):
+        names |= set(re.findall(r"[A-Za-z_][A-Za-z0-9_]*", " ".join(expr)))
+    return names
+
+
+@pytest.mark.parametrize("role", ROLES)
+def test_no_role_default_reads_another_roles_variables(role: str) -> None:
+    """A role used alone must not depend on another role having run (site.yml wires them)."""
+    others = [r for r in ROLES if r != role]
+    for name, value in load_yaml(ANSIBLE_DIR / "roles" / role / "defaults" / "main.yml").items():
+        foreign = sorted(n for n in jinja_names(value) if any(n.startswith(f"{o}_") for o in others))
+        foreign += ["envkit_matrix"] if "envkit_matrix" in jinja_names(value) else []
+        assert not foreign, f"{role}: {name} reads {foreign}"
+
+
+# Task keywords whose strings are bare Jinja expressions (no braces).
+BARE_EXPRESSIONS = ("when", "that", "failed_when", "changed_when", "until")
+
+
+def task_names(node, key: str = "") -> set[str]:
+    """Identifiers a task file reads: Jinja in any string, whole strings of `when` & co."""
+    if isinstance(node, dict):
+        return set().union(set(), *(task_names(v, k) for k, v in node.items()))
+    if isinstance(node, list):
+        return set().union(set(), *(task_names(v, key) for v in node))
+    if isinstance(node, str) and key in BARE_EXPRESSIONS:
+        return jinja_names("{{ " + node + " }}")
+    return jinja_names(node)
+
+
+@pytest.mark.parametrize("role", ROLES)
+def test_no_role_task_reads_another_roles_variables(role: str) -> None:
+    others = [r for r in ROLES if r != role]
+    offenders = []
+    for path in sorted((ANSIBLE_DIR / "roles" / role).glob("*/*.yml")):
+        if path.parent.name in ("meta", "defaults"):
+            continue
+        names = task_names(yaml.safe_load(path.read_text()))
+        foreign = sorted(n for n in names if any(n.startswith(f"{o}_") for o in others))
+        offenders += [f"{path.relative_to(ANSIBLE_DIR)}: {n}" for n in foreign]
+    assert not offenders, offenders
+
+
+@pytest.mark.parametrize("role", OS_ROLES)
+def test_per_release_variables_exist_and_agree(role: str) -> None:
+    """vars/<distribution>-<major>.yml for each supported release, all with the same keys."""
+    keys = {}
+    for release in OS_RELEASES:
+        path = ANSIBLE_DIR / "roles" / role / "vars" / f"{release}.yml"
+        assert path.is_file(), f"{role} has no vars/{release}.yml"
+        keys[release] = sorted(load_yaml(path))
+        assert keys[release] and all(k.startswith(f"{role}__") for k in keys[release]), keys[release]
+    assert len({tuple(v) for v in keys.values()}) == 1, keys
+    os_vars = (ANSIBLE_DIR / "roles" / role / "tasks" / "os_vars.yml").read_text()
+    assert "ansible.builtin.first_found" in os_vars
+    assert "ansible_facts.distribution }}-{{ ansible_facts.distribution_major_version }}.yml" in os_vars
+
+
+@pytest.mark.parametrize("role", ROLES)
+def test_every_role_has_a_molecule_scenario_on_the_local_image(role: str) -> None:
+    scenario = ANSIBLE_DIR / "roles" / role / "molecule" / "default"
+    for name in ("molecule.yml", "converge.yml", "tests/test_default.py"):
+        assert (scenario / name).is_file(), f"{role}: molecule/default/{name} is missing"
+    config = load_yaml(scenario / "molecule.yml")
+    assert config["dependency"]["enabled"] is False  # no Galaxy here
+    assert config["driver"]["name"] == "docker" and config["verifier"]["name"] == "testinfra"
+    for platform in config["platforms"]:
+        assert platform["pre_build_image"] is True and platform["pull"] is False, platform["name"]
+        assert platform["image"].startswith("envkit-molecule/"), platform["image"]
+    sequence = config["scenario"]["test_sequence"]
+    for step in ("create", "prepare", "converge", "idempotence", "check", "verify", "destroy"):
+        assert step in sequence, f"{role}: {step} missing from test_sequence"
+    assert sequence.index("idempotence") < sequence.index("check") < sequence.index("verify")
 
 
 def test_no_version_literal_of_the_matrix_elsewhere_in_ansible() -> None:
+    """The matrix's versions appear once each: as the owning role's default."""
     matrix = matrix_ansible()
+    allowed = {
+        (f"roles/{role}/defaults/main.yml", f'{var}: "{matrix[var]}"')
+        for var, role in MATRIX_DEFAULTS.items()
+    }
     offenders = []
     for path in ANSIBLE_DIR.rglob("*.yml"):
-        text = path.read_text()
-        for value in matrix.values():
-            # "580" as a version, not as the start of "580.95.05" in an example.
-            literal = re.compile(rf"(?<![\w.]){re.escape(value)}(?![\w.])")
-            for line in text.splitlines():
-                if literal.search(line) and "envkit_matrix" not in line:
-                    offenders.append(f"{path.relative_to(ANSIBLE_DIR)}: {line.strip()}")
+        rel = str(path.relative_to(ANSIBLE_DIR))
+        if rel.startswith(".cache/"):
+            continue
+        for line in path.read_text().splitlines():
+            for value in matrix.values():
+                # "580" as a version, not as the start of "580.95.05" in an example.
+                if (
+                    re.search(rf"(?<![\w.]){re.escape(value)}(?![\w.])", line)
+                    and (rel, line.strip()) not in allowed
+                ):
+                    offenders.append(f"{rel}: {line.strip()}")
     assert not offenders, offenders
 
 
@@ -173,4 +288,4 @@ def test_gpu_fact_lists_nvidia_display_and_3d_controllers_only(tmp_path: Path) -
 
 def test_gpu_fact_is_empty_without_nvidia_devices(tmp_path: Path) -> None:
     fake_pci(tmp_path, "0000:00:02.0", "0x8086", "0x030000")
-    assert run_fact(tmp_path) == {"gpus": [], "driver_loaded_version": ""}
+    assert run_fact(tmp_path) == {"gpus": [], "driver_loaded_version": "", "nvswitches": []}

@@ -1,10 +1,13 @@
-"""Session fixtures: each CPU image is built ONCE per session, from the local base.
+"""Session fixtures: each image is built ONCE per session, from the local base, or given.
 
-The builds go through the same code as `envkit images build` (plan_build +
-run_build with the BuildKit client found for this engine) and reuse the
-engine's layer cache, so a warm session costs seconds. The pip_cert secret
-is the host's CA bundle plus a unique marker line, so the layer scan can prove
-that the secret's content reached no layer.
+`--image REF` (repeatable; or ENVKIT_TEST_IMAGES="REF REF") tests images built
+elsewhere or pulled from a registry, as docker-stacks' tests do: the row of
+each is found from its io.envkit labels, and nothing is built for that row.
+Without it, the builds go through the same code as `envkit images build`
+(plan_build + run_build with the BuildKit client found for this engine) and
+reuse the engine's layer cache, so a warm session costs seconds. The pip_cert
+secret is the host's CA bundle plus a unique marker line, so the layer scan
+can prove that the secret's content reached no layer.
 """
 
 from __future__ import annotations
@@ -25,14 +28,40 @@ from tests.conftest import skip_or_fail
 from tests.containers.tracked_container import TrackedContainer
 
 CPU_IMAGES = ("pytorch", "tensorflow")
+CUDA_ROWS = tuple(r.key for r in load_matrix().images if r.cuda is not None)
 HOST_CA = Path(os.environ.get("PIP_CERT", "/etc/ssl/certs/ca-certificates.crt"))
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--image",
+        action="append",
+        default=[],
+        help="test this image reference (tag or id) instead of building its matrix row; repeatable",
+    )
 
 
 @dataclass(frozen=True)
 class BuiltImage:
     row: ImageRow
     tag: str
-    plan: BuildPlan
+    plan: BuildPlan | None  # None: a given image (--image), not built by this session
+
+
+@pytest.fixture(scope="session")
+def given_images(request, docker_client) -> dict[str, str]:
+    """row key -> the image reference given with --image / ENVKIT_TEST_IMAGES."""
+    from envkit.images.checks import row_for_image
+
+    refs = [
+        *request.config.getoption("--image", default=[]),
+        *os.environ.get("ENVKIT_TEST_IMAGES", "").split(),
+    ]
+    given: dict[str, str] = {}
+    for ref in refs:
+        image = docker_client.images.get(ref)  # a missing image is an error of the run, not a skip
+        given[row_for_image(load_matrix(), image.labels or {}).key] = ref
+    return given
 
 
 @pytest.fixture(scope="session")
@@ -98,27 +127,43 @@ def build_logs() -> Path:
 
 
 @pytest.fixture(scope="session")
-def build_cpu_image(base_image, wheelhouse, image_builder, pip_cert_secret, build_logs):
-    """build(name) -> BuiltImage: each CPU image is built once, however many fixtures ask."""
+def build_image(base_image, image_builder, pip_cert_secret, build_logs, given_images, request):
+    """build(name, variant) -> BuiltImage: each row built once per session (or the given image)."""
     built: dict[str, BuiltImage] = {}
 
-    def build(name: str) -> BuiltImage:
-        if name not in built:
-            row = load_matrix().image(name, "cpu")
+    def build(name: str, variant: str = "cpu") -> BuiltImage:
+        row = load_matrix().image(name, variant)
+        if row.key in given_images:
+            return BuiltImage(row, given_images[row.key], None)
+        if given_images:
+            pytest.skip(f"--image given, none for {row.key}")
+        if row.key not in built:
             if row.base_image != base_image:
                 pytest.fail(
                     f"matrix row {row.key} builds FROM {row.base_image}, but the local base is {base_image}"
                 )
-            built[name] = build_row(
+            house = request.getfixturevalue("wheelhouse")
+            if row.cuda is not None:
+                try:
+                    ensure_wheelhouse([row], source_root() / "pyproject.toml", house)
+                except RuntimeError as exc:
+                    skip_or_fail(f"cannot fill the wheelhouse of {row.key}: {exc}")
+            built[row.key] = build_row(
                 row,
                 builder=image_builder,
-                wheelhouse=wheelhouse,
+                wheelhouse=house,
                 pip_cert=pip_cert_secret,
                 log_dir=build_logs,
             )
-        return built[name]
+        return built[row.key]
 
     return build
+
+
+@pytest.fixture(scope="session")
+def build_cpu_image(build_image):
+    """build(name) -> BuiltImage of the cpu row: built once, however many fixtures ask."""
+    return lambda name: build_image(name, "cpu")
 
 
 @pytest.fixture(scope="session", params=CPU_IMAGES)
@@ -135,5 +180,19 @@ def pytorch_image(build_cpu_image) -> BuiltImage:
 @pytest.fixture
 def container(docker_client, cpu_image: BuiltImage) -> Iterator[TrackedContainer]:
     tracked = TrackedContainer(docker_client, cpu_image.tag, {"shm_size": "1g"})
+    yield tracked
+    tracked.remove()
+
+
+@pytest.fixture(scope="session", params=CUDA_ROWS)
+def cuda_image(request, build_image) -> BuiltImage:
+    """Every CUDA row (pytorch-cuda, pytorch-cuda-devel, tensorflow-cuda), built once or given."""
+    name, variant = request.param.split("-", 1)
+    return build_image(name, variant)
+
+
+@pytest.fixture
+def cuda_container(docker_client, cuda_image: BuiltImage) -> Iterator[TrackedContainer]:
+    tracked = TrackedContainer(docker_client, cuda_image.tag, {"shm_size": "1g"})
     yield tracked
     tracked.remove()

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from envkit.images.build import SOURCE_LABEL
 from envkit.matrix import version_tuple
 from tests.containers.conftest import CPU_IMAGES, BuiltImage
 from tests.containers.tracked_container import TrackedContainer
@@ -35,7 +36,7 @@ def test_python_and_framework_versions_equal_the_matrix_row(container, cpu_image
     python, framework = json.loads(container.run_and_wait(["python", "-c", code]).stdout.splitlines()[-1])
     assert python.startswith(row.python + ".")
     # torch reports 2.13.0+cpu: the local build tag is not part of the matrix version
-    assert version_tuple(framework)[:3] == version_tuple(row.version)[:3], framework
+    assert version_tuple(framework.split("+")[0])[:3] == version_tuple(row.version)[:3], framework
 
 
 def test_pip_check_finds_no_broken_requirement(container):
@@ -59,11 +60,17 @@ def test_pid_1_is_tini(container):
 def test_labels_equal_the_matrix_row(docker_client, cpu_image: BuiltImage):
     labels = docker_client.images.get(cpu_image.tag).labels
     assert {k: labels.get(k) for k in cpu_image.row.labels()} == cpu_image.row.labels()
+    assert labels["io.envkit.cuda-compat"] == "none"
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", labels["org.opencontainers.image.created"])
+    source = labels.get(SOURCE_LABEL)
+    # the remote's https form, or no label at all: never a path of the build machine
+    assert source is None or re.fullmatch(r"https://[^/@\s]+/\S+", source), source
+    if cpu_image.plan is None:
+        return  # a given image: its build arguments are not known here
     args = cpu_image.plan.build_args
     assert labels["org.opencontainers.image.revision"] == args["REVISION"] != ""
     assert labels["org.opencontainers.image.version"] == args["ENVKIT_VERSION"]
-    assert labels["org.opencontainers.image.source"] == args["SOURCE"]
-    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", labels["org.opencontainers.image.created"])
+    assert source == cpu_image.plan.labels.get(SOURCE_LABEL)
 
 
 def test_cpu_image_has_no_cuda_toolkit(container):
@@ -139,14 +146,21 @@ class _ChunkReader:
 def test_no_pip_cache_history_credentials_or_ca_secret_in_any_layer(
     docker_client, cpu_image: BuiltImage, secret_marker: str
 ):
-    assert "pip_cert" in cpu_image.plan.secrets, "the build must have received the CA bundle as a secret"
-    forbidden, holding, layers = scan_layers(docker_client, cpu_image.tag, secret_marker.encode())
+    assert_clean_layers(docker_client, cpu_image, secret_marker)
+
+
+def assert_clean_layers(docker_client, built: BuiltImage, secret_marker: str) -> None:
+    """No pip cache, history, credentials or apt lists in any layer; the CA secret's marker nowhere."""
+    if built.plan is not None:
+        assert "pip_cert" in built.plan.secrets, "the build must have received the CA bundle as a secret"
+    forbidden, holding, layers = scan_layers(docker_client, built.tag, secret_marker.encode())
     assert layers >= 4, "docker save returned no layers to scan"
     assert forbidden == []
     assert holding == [], f"the pip_cert secret's content is in {holding}"
-    history = json.dumps(docker_client.images.get(cpu_image.tag).history())
+    history = json.dumps(docker_client.images.get(built.tag).history())
     assert secret_marker not in history
-    assert str(cpu_image.plan.secrets["pip_cert"]) not in history
+    if built.plan is not None:
+        assert str(built.plan.secrets["pip_cert"]) not in history
 
 
 # -- shared memory ----------------------------------------------------------------
@@ -194,7 +208,7 @@ def test_envkit_doctor_json_reports_the_cpu_build(container, cpu_image: BuiltIma
     assert facts["gpu_count"] == 0
     assert facts["container"], "doctor should notice it runs in a container"
     fw = facts["frameworks"][cpu_image.row.framework]
-    assert version_tuple(fw["version"])[:3] == version_tuple(cpu_image.row.version)[:3]
+    assert version_tuple(fw["version"].split("+")[0])[:3] == version_tuple(cpu_image.row.version)[:3]
     assert fw["gpu_build"] is False and fw["cuda"] is None
 
 
@@ -230,3 +244,36 @@ def test_tiny_train_cycle_in_each_image_writes_its_report_to_the_bind_mounted_wo
     finally:
         for tracked, *_ in runs.values():
             tracked.remove()
+
+
+@pytest.mark.slow
+def test_tiny_cycle_as_an_arbitrary_host_uid_into_a_directory_it_owns(
+    docker_client, pytorch_image: BuiltImage, tmp_path: Path
+):
+    # `docker run --user "$(id -u):$(id -g)"` (issue 18): a uid/gid the image has never heard of
+    uid, gid = 4321, 4322
+    workspace = tmp_path / "runs"
+    workspace.mkdir()
+    os.chown(workspace, uid, gid)
+    workspace.chmod(0o700)  # only that uid may write: the image's own uid 1000 could not
+    tracked = TrackedContainer(docker_client, pytorch_image.tag)
+    try:
+        probe = tracked.run_and_wait(
+            ["sh", "-c", 'id -u; echo "$HOME"; touch "$HOME/p" /workspace/p && echo writable'],
+            user=f"{uid}:{gid}",
+        )
+        assert probe.stdout.split() == [str(uid), "/home/envkit", "writable"], probe.stdout
+        result = tracked.run_and_wait(
+            ["envkit", "train", "cycle", "--preset", "tiny", "engine=pytorch", "run_dir=/runs/tiny"],
+            timeout=1200,
+            user=f"{uid}:{gid}",
+            shm_size="1g",
+            volumes={str(workspace): {"bind": "/runs", "mode": "rw"}},
+            healthcheck={"test": ["NONE"]},
+        )
+    finally:
+        tracked.remove()
+    report = json.loads((workspace / "tiny" / "report.json").read_text(encoding="utf-8"))
+    assert report["cycle"]["status"] == "completed", result.stderr[-2000:]
+    owners = {(p.stat().st_uid, p.stat().st_gid) for p in (workspace / "tiny").rglob("*")}
+    assert owners == {(uid, gid)}, owners
