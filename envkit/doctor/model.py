@@ -28,7 +28,19 @@ ERROR = Status.ERROR
 STATUSES = tuple(Status)
 
 # Display and grouping order of the areas.
-AREAS = ("host", "driver", "gpu", "fabric", "xid", "cuda", "pytorch", "tensorflow", "compat", "docker", "dcgm")
+AREAS = (
+    "host",
+    "driver",
+    "gpu",
+    "fabric",
+    "xid",
+    "cuda",
+    "pytorch",
+    "tensorflow",
+    "compat",
+    "docker",
+    "dcgm",
+)
 
 # A check with one of these statuses makes the machine "not usable" (exit 1):
 # `error` too, because a probe that hangs or crashes (a hung CUDA init) is

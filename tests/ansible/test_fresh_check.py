@@ -24,12 +24,45 @@ pytestmark = [pytest.mark.ansible, pytest.mark.container, pytest.mark.slow, pyte
 
 IMAGE = "envkit-molecule/target:1"
 # What the Molecule platforms grant (--privileged is refused on this host).
-CAPS = (
-    "AUDIT_CONTROL AUDIT_READ AUDIT_WRITE BLOCK_SUSPEND CHOWN DAC_OVERRIDE DAC_READ_SEARCH FOWNER FSETID "
-    "IPC_LOCK IPC_OWNER KILL LEASE LINUX_IMMUTABLE MAC_ADMIN MAC_OVERRIDE MKNOD NET_ADMIN NET_BIND_SERVICE "
-    "NET_BROADCAST NET_RAW SETFCAP SETGID SETPCAP SETUID SYSLOG SYS_ADMIN SYS_BOOT SYS_CHROOT SYS_MODULE "
-    "SYS_NICE SYS_PACCT SYS_PTRACE SYS_RAWIO SYS_TIME SYS_TTY_CONFIG WAKE_ALARM"
-).split()
+CAPS = [
+    "AUDIT_CONTROL",
+    "AUDIT_READ",
+    "AUDIT_WRITE",
+    "BLOCK_SUSPEND",
+    "CHOWN",
+    "DAC_OVERRIDE",
+    "DAC_READ_SEARCH",
+    "FOWNER",
+    "FSETID",
+    "IPC_LOCK",
+    "IPC_OWNER",
+    "KILL",
+    "LEASE",
+    "LINUX_IMMUTABLE",
+    "MAC_ADMIN",
+    "MAC_OVERRIDE",
+    "MKNOD",
+    "NET_ADMIN",
+    "NET_BIND_SERVICE",
+    "NET_BROADCAST",
+    "NET_RAW",
+    "SETFCAP",
+    "SETGID",
+    "SETPCAP",
+    "SETUID",
+    "SYSLOG",
+    "SYS_ADMIN",
+    "SYS_BOOT",
+    "SYS_CHROOT",
+    "SYS_MODULE",
+    "SYS_NICE",
+    "SYS_PACCT",
+    "SYS_PTRACE",
+    "SYS_RAWIO",
+    "SYS_TIME",
+    "SYS_TTY_CONFIG",
+    "WAKE_ALARM",
+]
 
 
 def docker(*args: str, timeout: int = 120) -> subprocess.CompletedProcess[str]:
@@ -69,7 +102,9 @@ def fresh_target(molecule_images):
 def test_check_diff_on_a_fresh_host_passes_and_changes_nothing(fresh_target: str, tmp_path: Path) -> None:
     lists = docker("exec", fresh_target, "sh", "-c", "ls /var/lib/apt/lists | grep -c _Packages || true")
     assert lists.stdout.strip() == "0", "the target must start with empty apt lists"
-    assert docker("exec", fresh_target, "sh", "-c", "command -v dockerd").returncode != 0, "Docker is preinstalled"
+    assert docker("exec", fresh_target, "sh", "-c", "command -v dockerd").returncode != 0, (
+        "Docker is preinstalled"
+    )
     before = host_state(fresh_target)
 
     inventory = {
@@ -102,7 +137,9 @@ def test_check_diff_on_a_fresh_host_passes_and_changes_nothing(fresh_target: str
     run = runs[-1]
     assert run["check"] is True
     failed = [f"{t['task']}: {t.get('msg', '')[:400]}" for t in run["tasks"] if t["status"] == "failed"]
-    assert not failed and proc.returncode == 0, f"--check failed on a fresh host: {failed}\n{proc.stdout[-3000:]}"
+    assert not failed and proc.returncode == 0, (
+        f"--check failed on a fresh host: {failed}\n{proc.stdout[-3000:]}"
+    )
     assert sum(h["unreachable"] for h in run["hosts"].values()) == 0
     # A dry run that reports nothing to do would be wrong on a new host.
     assert sum(h["changed"] for h in run["hosts"].values()) > 0

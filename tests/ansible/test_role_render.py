@@ -72,7 +72,9 @@ HOSTS: dict[str, dict[str, Any]] = {
     ),
     "ubuntu2204-t4": host(UBUNTU_2204, [T4]),
     "ubuntu2404-cuda-h100": host(UBUNTU_2404, [H100_SXM], nvidia_driver_source="cuda"),
-    "ubuntu2404-b200-forced-proprietary": host(UBUNTU_2404, [B200], nvidia_driver_kernel_modules="proprietary"),
+    "ubuntu2404-b200-forced-proprietary": host(
+        UBUNTU_2404, [B200], nvidia_driver_kernel_modules="proprietary"
+    ),
     "ubuntu2404-mixed-v100-b200": host(UBUNTU_2404, [V100_SXM2, B200]),
     "debian12-h100": host(DEBIAN_12, [H100_SXM] * 8),
     "debian12-cloud-v100": host({**DEBIAN_12, "kernel": "6.1.0-28-cloud-amd64"}, [V100_SXM2]),
@@ -126,7 +128,9 @@ def rendered(tmp_root: str) -> dict[str, dict[str, Any]]:
             if path.is_file():
                 plans[name][role["name"]] = json.loads(path.read_text())
     if proc.returncode != 0 and not any(plans.values()):
-        pytest.fail(f"render.yml failed (rc={proc.returncode}):\n{proc.stdout[-5000:]}\n{proc.stderr[-3000:]}")
+        pytest.fail(
+            f"render.yml failed (rc={proc.returncode}):\n{proc.stdout[-5000:]}\n{proc.stderr[-3000:]}"
+        )
     return plans
 
 

@@ -13,7 +13,9 @@ from ansible.module_utils.basic import AnsibleModule
 
 
 def main() -> None:
-    module = AnsibleModule(argument_spec={"facts": {"type": "dict", "required": True}}, supports_check_mode=True)
+    module = AnsibleModule(
+        argument_spec={"facts": {"type": "dict", "required": True}}, supports_check_mode=True
+    )
     # setup's own shape: `ansible_`-prefixed keys, which Ansible files under
     # ansible_facts.<name> (and injects as ansible_<name>).
     facts = {k if k.startswith("ansible_") else f"ansible_{k}": v for k, v in module.params["facts"].items()}
