@@ -92,7 +92,9 @@ def fresh_target(molecule_images):
     proc = docker(*args)
     assert proc.returncode == 0, proc.stderr
     try:
-        boot = docker("exec", name, "systemctl", "is-system-running", "--wait", timeout=180)
+        # Until systemd has created its bus, systemctl cannot even ask.
+        wait = "for i in $(seq 60); do [ -S /run/systemd/private ] && break; sleep 1; done; systemctl is-system-running --wait"
+        boot = docker("exec", name, "sh", "-c", wait, timeout=240)
         assert boot.stdout.strip() in ("running", "degraded"), boot.stdout + boot.stderr
         yield name
     finally:

@@ -234,7 +234,7 @@ def test_cuda_repository_branch_is_pinned_and_distribution_packages_kept_out(pla
         assert branch and all(int(r["Pin-Priority"]) >= 1000 for r in branch), prefs
         assert any("nvidia" in r["Package"] for r in branch), prefs
         # A distribution's same-named packages (another branch) lose to NVIDIA's origin.
-        origin = [r for r in records if r.get("Pin", "").startswith("origin ")]
+        origin = [r for r in records if r.get("Pin", "").startswith("release o=")]
         assert origin and all(0 < int(r["Pin-Priority"]) < 1000 for r in origin), prefs
 
 
