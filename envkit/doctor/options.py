@@ -47,8 +47,11 @@ class DoctorOptions:
         }
 
 
-def nvidia_pci_devices(opts: DoctorOptions) -> list[str]:
-    """PCI addresses of NVIDIA display/3D controllers, read from sysfs (no driver needed)."""
+def nvidia_pci_devices(opts: DoctorOptions, class_prefix: str = DISPLAY_CLASS_PREFIX) -> list[str]:
+    """PCI addresses of NVIDIA devices of a class (default: display/3D controllers), from sysfs.
+
+    No driver needed. `class_prefix` "0x0680" gives the NVSwitches of an HGX board.
+    """
     found = []
     base = opts.path("/sys/bus/pci/devices")
     try:
@@ -61,7 +64,7 @@ def nvidia_pci_devices(opts: DoctorOptions) -> list[str]:
             klass = (dev / "class").read_text().strip()
         except OSError:
             continue
-        if vendor == NVIDIA_PCI_VENDOR and klass.startswith(DISPLAY_CLASS_PREFIX):
+        if vendor == NVIDIA_PCI_VENDOR and klass.startswith(class_prefix):
             found.append(dev.name)
     return found
 

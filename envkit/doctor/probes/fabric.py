@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from envkit.doctor.model import FAIL, NOT_APPLICABLE, OK, WARN, Check, ProbeResult
-from envkit.doctor.options import NVIDIA_PCI_VENDOR, DoctorOptions
+from envkit.doctor.options import DoctorOptions, nvidia_pci_devices
 from envkit.nvml import NvmlUnavailable, nvml_session, optional
 
 AREA = "fabric"
@@ -92,21 +92,7 @@ class GpuFabric:
 
 def nvswitch_pci_devices(opts: DoctorOptions) -> list[str]:
     """PCI addresses of NVSwitches (NVIDIA vendor, class 0x0680), read from sysfs."""
-    base = opts.path("/sys/bus/pci/devices")
-    found = []
-    try:
-        entries = sorted(base.iterdir())
-    except OSError:
-        return []
-    for dev in entries:
-        try:
-            vendor = (dev / "vendor").read_text().strip()
-            klass = (dev / "class").read_text().strip()
-        except OSError:
-            continue
-        if vendor == NVIDIA_PCI_VENDOR and klass.startswith(NVSWITCH_CLASS_PREFIX):
-            found.append(dev.name)
-    return found
+    return nvidia_pci_devices(opts, NVSWITCH_CLASS_PREFIX)
 
 
 # --- reading -----------------------------------------------------------------
