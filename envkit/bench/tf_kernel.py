@@ -103,9 +103,12 @@ class TensorflowKernel(MatmulKernel):
         with tf.device(self._tf_device):
             # drawn in float32 (or float64) and rounded, as random.normal has no bf16 kernel everywhere
             base = tf.float64 if dtype == "fp64" else tf.float32
-            self.a = tf.cast(tf.random.normal((m, k), dtype=base), tf_dtype)
+            # Fresh inputs per shape, with explicit op seeds: a process that enabled TF's op
+            # determinism (the training engine does) refuses unseeded random ops.
+            seed_a, seed_b = (int(x) for x in np.random.default_rng().integers(0, 2**31 - 1, size=2))
+            self.a = tf.cast(tf.random.normal((m, k), dtype=base, seed=seed_a), tf_dtype)
             b_shape = (n, k) if self.layout == GPU_LAYOUT else (k, n)
-            self.b = tf.cast(tf.random.normal(b_shape, dtype=base), tf_dtype)
+            self.b = tf.cast(tf.random.normal(b_shape, dtype=base, seed=seed_b), tf_dtype)
         self.c = None
         self.flush_device: str | None = None
         if self._gpu:

@@ -70,3 +70,19 @@ def test_tensorflow_gpu_flush_fills_a_float_buffer_of_the_flush_size():
     assert float(kernel._l2[0]) != first  # a new value each call: never a redundant write
     assert kernel.flush_device and kernel.flush_device.endswith("CPU:0")
     kernel.close()
+
+
+def test_tensorflow_kernel_works_when_op_determinism_is_on():
+    # the training engine turns TF op determinism on; a bench in the same process must still run
+    pytest.importorskip("tensorflow")
+    import subprocess
+    import sys
+
+    code = (
+        "import tensorflow as tf; tf.config.experimental.enable_op_determinism();"
+        "from envkit.bench.tf_kernel import TensorflowKernel; from envkit.bench.shapes import Shape;"
+        "k = TensorflowKernel(Shape(16, 16, 16), 'fp32', 'cpu'); print(k.a.shape.num_elements())"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip().splitlines()[-1] == "256"
