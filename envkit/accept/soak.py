@@ -379,20 +379,21 @@ def run_soak(
     stop = stop or threading.Event()
     start = time.perf_counter()
     end = start + duration_s
-    for w in workers:
-        w.thread = threading.Thread(target=w.run, args=(stop, end, window_s), daemon=True)
-        w.thread.start()
     try:
+        # starting the threads is inside the try: a Ctrl-C between two starts must still stop
+        # (and join) the ones already running, or they outlive the interpreter inside a matmul
+        for w in workers:
+            w.thread = threading.Thread(target=w.run, args=(stop, end, window_s), daemon=True)
+            w.thread.start()
         while any(w.thread is not None and w.thread.is_alive() for w in workers):
             for w in workers:
                 if w.thread is not None:
                     w.thread.join(timeout=1.0 / max(1, len(workers)))
             if on_window is not None:
                 on_window([w.result for w in workers], time.perf_counter() - start)
-    except KeyboardInterrupt:
+    finally:
         stop.set()
         for w in workers:
             if w.thread is not None:
                 w.thread.join(timeout=30)
-        raise
     return [w.result for w in workers]

@@ -105,8 +105,8 @@ def test_ctrl_c_during_the_soak_leaves_a_partial_verdict(tmp_path: Path) -> None
             break
     time.sleep(3)
     proc.send_signal(signal.SIGINT)
-    stdout, _ = proc.communicate(timeout=120)
-    assert proc.returncode == 130
+    stdout, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130, stderr[-2000:]
     doc = json.loads(out.read_text())
     jsonschema.validate(doc, _schema())
     assert doc["verdict"]["result"] == "incomplete" and doc["verdict"]["incomplete"] is True
