@@ -144,3 +144,27 @@ def test_cli_start_up_does_not_import_frameworks() -> None:
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "[]"
+
+
+# TensorFlow's own start-up lines: absl's banner, oneDNN's notice (`I0000 ... port.cc`), CPU features
+TF_NOISE = ("oneDNN custom operations", "I0000 ", "absl::InitializeLog", "cpu_feature_guard")
+
+
+@pytest.mark.slow  # two TensorFlow probes
+def test_tensorflow_start_up_noise_stays_off_the_terminal_unless_asked_for() -> None:
+    pytest.importorskip("tensorflow")
+    cmd = [str(ENVKIT)] if ENVKIT.exists() else [sys.executable, "-m", "envkit"]
+    base = {k: v for k, v in os.environ.items() if k not in ("TF_CPP_MIN_LOG_LEVEL", "ENVKIT_TF_VERBOSE")}
+    quiet = subprocess.run(
+        [*cmd, "doctor", "--only", "tensorflow"], capture_output=True, text=True, timeout=300, env=base
+    )
+    assert quiet.returncode == 0, quiet.stderr[-2000:]
+    both = quiet.stdout + quiet.stderr
+    assert not [ln for ln in both.splitlines() if any(n in ln for n in TF_NOISE)], both[-2000:]
+    # ENVKIT_TF_VERBOSE=1 relays the probe's own log, so the check above sees the lines when they are there
+    loud = subprocess.run(
+        [*cmd, "doctor", "--only", "tensorflow"],
+        capture_output=True, text=True, timeout=300, env={**base, "ENVKIT_TF_VERBOSE": "1"},
+    )  # fmt: skip
+    assert loud.returncode == 0, loud.stderr[-2000:]
+    assert any(n in loud.stderr for n in TF_NOISE), loud.stderr[-2000:]

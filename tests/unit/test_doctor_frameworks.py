@@ -122,6 +122,29 @@ def test_crashing_probe_is_an_error_with_its_last_words(tmp_path: Path) -> None:
     assert "libcudnn.so.9" in check.evidence
 
 
+def test_a_crash_after_tensorflow_start_up_notices_quotes_the_error_not_the_notices(tmp_path: Path) -> None:
+    # What a TensorFlow child writes before it dies: absl's banner and oneDNN's INFO line
+    # (as TF 2.21 prints them), a warning about a GPU library, then the real error.
+    crash = script(
+        tmp_path,
+        """
+        import sys
+        sys.stderr.write(
+            "WARNING: All log messages before absl::InitializeLog() is called are written to STDERR\\n"
+            "I0000 00:00:1733300000.123456   4242 port.cc:153] oneDNN custom operations are on.\\n"
+            "W0000 00:00:1733300000.223456   4242 gpu_device.cc:2344] Cannot dlopen some GPU libraries.\\n"
+            "ImportError: libcudnn.so.9: cannot open shared object file\\n"
+        )
+        sys.exit(1)
+        """,
+    )
+    opts = DoctorOptions(framework_scripts={"tensorflow": crash}, fs_root=tmp_path)
+    (check,) = probe_framework(TF, opts).checks
+    assert check.status == "error"
+    assert "libcudnn.so.9" in check.evidence and "Cannot dlopen" in check.evidence
+    assert "oneDNN" not in check.evidence and "absl::InitializeLog" not in check.evidence
+
+
 def test_run_probe_script_reads_the_marked_line_among_noise(tmp_path: Path) -> None:
     noisy = script(tmp_path, f"print('banner'); print({MARK!r} + '{{\"x\": 1}}'); print('bye')")
     outcome = run_probe_script(sys.executable, noisy, 30)

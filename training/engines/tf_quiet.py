@@ -12,33 +12,19 @@ from __future__ import annotations
 
 import contextlib
 import os
-import re
 import sys
 import tempfile
 from collections.abc import Iterator
 
-VERBOSE_ENV = "ENVKIT_TF_VERBOSE"
-# absl/glog-style INFO and WARNING lines (E and F lines, errors, are kept), and the known banners
-_NOISE = re.compile(
-    r"^(?:[IW]\d{4} |WARNING: All log messages before absl::InitializeLog|"
-    r"To enable the following instructions:|This TensorFlow binary is optimized)"
-)
+from envkit.tf_log import VERBOSE_ENV, is_noise, verbose
 
-
-def verbose() -> bool:
-    """True when the user asked for TensorFlow's own log."""
-    return os.environ.get(VERBOSE_ENV, "").strip().lower() in ("1", "true", "yes", "on")
+__all__ = ["VERBOSE_ENV", "configure_env", "is_noise", "quiet_startup", "verbose"]
 
 
 def configure_env() -> None:
     """Set TensorFlow's log level before it is imported (an explicit setting of the user wins)."""
     if not verbose():
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
-
-def is_noise(line: str) -> bool:
-    """Is `line` one of TensorFlow's start-up notices?"""
-    return bool(_NOISE.match(line))
 
 
 @contextlib.contextmanager

@@ -17,6 +17,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from envkit import tf_log
 from envkit.doctor.model import ERROR, FAIL, NOT_APPLICABLE, NOT_PRESENT, OK, WARN, Check, ProbeResult
 from envkit.doctor.options import DoctorOptions, gpu_expected
 from envkit.process import run_process
@@ -82,13 +83,18 @@ def run_probe_script(
 ) -> ScriptOutcome:
     """Run `python script`; its whole process group is killed if it outlives `timeout_s`."""
     child_env = dict(os.environ if env is None else env)
-    # Hide TF's INFO lines (CPU feature banners) but keep its WARNINGs: library-load failures.
-    child_env.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
+    loud = tf_log.verbose()
+    if not loud:
+        # Hide TF's INFO lines (CPU feature banners) but keep its WARNINGs: library-load failures.
+        child_env.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
     child_env.setdefault("PYTHONUNBUFFERED", "1")
     try:
         result = run_process([python, str(script)], timeout_s=timeout_s, env=child_env, grace_s=KILL_GRACE_S)
     except OSError as exc:
         return ScriptOutcome("crashed", None, f"cannot start {python}: {exc}", None, 0.0)
+    if loud and result.stderr:
+        sys.stderr.write(result.stderr)  # ENVKIT_TF_VERBOSE=1: the frameworks' own log, as they wrote it
+        sys.stderr.flush()
     if result.timed_out:
         return ScriptOutcome("timeout", None, result.stderr, None, result.duration_s)
     payload = None
@@ -133,7 +139,7 @@ def _installed(fw: Framework, python: str) -> bool:
 
 
 def _tail(text: str, lines: int = 3) -> str:
-    kept = [ln for ln in text.strip().splitlines() if ln.strip()]
+    kept = [ln for ln in tf_log.strip_info(text).strip().splitlines() if ln.strip()]
     return " | ".join(kept[-lines:])[:400]
 
 
