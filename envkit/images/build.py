@@ -471,3 +471,65 @@ def _image_id(tag: str) -> str:
         return str(docker_py.from_env().images.get(tag).id)
     except Exception:  # the tag was built; an unreadable id must not fail the build
         return ""
+
+
+# -- build cache: our superseded layers ------------------------------------------
+
+# Step commands of Dockerfiles/Dockerfile: a build cache record whose description holds
+# one of them was made by an envkit image build (BuildKit records name no Dockerfile).
+OWN_STEPS = (
+    "/ctx/pip.sh",
+    "/ctx/requirements.py",
+    "/ctx/cudalibs.py",
+    "/dist/envkit-",
+    "ibverbs-providers",
+    "useradd --uid",
+    "python${PYTHON_VERSION}",
+)
+
+
+@dataclass(frozen=True)
+class CachePrune:
+    removed: int
+    reclaimed_bytes: int
+    kept: int
+
+
+def stale_cache_records(records: list[dict], unused_for_s: float, now: datetime | None = None) -> list[dict]:
+    """Records of envkit builds, not in use, not shared with an image, unused for `unused_for_s`.
+
+    A lock or pyproject change leaves the old multi-GB dependency layer behind; a
+    rebuild never uses it again. Records shared with an image stay (the image holds
+    them anyway), and so do other projects' records: only envkit's steps match.
+    """
+    now = now or datetime.now(UTC)
+    stale = []
+    for rec in records:
+        text = rec.get("Description") or ""
+        if rec.get("InUse") or rec.get("Shared") or not any(step in text for step in OWN_STEPS):
+            continue
+        when = _engine_time(rec.get("LastUsedAt") or rec.get("CreatedAt") or "")
+        if when is not None and (now - when).total_seconds() >= unused_for_s:
+            stale.append(rec)
+    return stale
+
+
+def _engine_time(text: str) -> datetime | None:
+    """The engine's RFC 3339 time (nanoseconds, Z) as an aware datetime; None if unreadable."""
+    text = re.sub(r"(\.\d{6})\d*", r"\1", text.strip()).replace("Z", "+00:00")
+    try:
+        when = datetime.fromisoformat(text)
+    except ValueError:
+        return None
+    return when if when.tzinfo else when.replace(tzinfo=UTC)
+
+
+def prune_build_cache(client: object, unused_for_s: float = 24 * 3600.0) -> CachePrune:
+    """Remove envkit's stale build cache records (see stale_cache_records) from the engine."""
+    records = list(client.df().get("BuildCache") or [])  # type: ignore[attr-defined]
+    stale = stale_cache_records(records, unused_for_s)
+    reclaimed = 0
+    for rec in stale:
+        result = client.api.prune_builds(filters={"id": rec["ID"]})  # type: ignore[attr-defined]
+        reclaimed += int(result.get("SpaceReclaimed") or 0)
+    return CachePrune(len(stale), reclaimed, len(records) - len(stale))

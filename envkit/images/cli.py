@@ -9,6 +9,7 @@ machine or check failure exit 1.
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,7 @@ from envkit.images.build import (
     default_pip_cert,
     find_builder,
     plan_build,
+    prune_build_cache,
     run_build,
     source_root,
 )
@@ -33,6 +35,12 @@ from envkit.matrix import ImageRow, MatrixError, load_matrix
 app = make_app(help="List, build and test the matrix's container images.")
 VARIANTS = ("cpu", "cuda", "cuda-devel")
 TARGETS = ("runtime", "test")
+_STAGE = re.compile(r"^FROM\s+\S+\s+AS\s+([A-Za-z0-9_.\-]+)\s*$", re.IGNORECASE | re.MULTILINE)
+
+
+def dockerfile_stages(dockerfile: Path) -> list[str]:
+    """The named stages of a Dockerfile (`FROM ... AS name`), in order."""
+    return _STAGE.findall(dockerfile.read_text(encoding="utf-8"))
 
 
 def _check_variant(variant: str) -> None:
@@ -154,6 +162,7 @@ def _build_rows(
     pip_conf: Path | None,
     context: Path | None,
     skip_missing_base: bool,
+    download: bool = True,
 ) -> tuple[list[BuildResult], list[tuple[str, str]]]:
     """Build every row's targets with a progress line; return results and skipped rows."""
     for flag, path in (("--pip-cert", pip_cert), ("--pip-conf", pip_conf), ("--wheelhouse", wheelhouse)):
@@ -163,7 +172,7 @@ def _build_rows(
     if not (ctx / "Dockerfiles" / "Dockerfile").is_file():
         raise UsageError(f"--context {ctx} has no Dockerfiles/Dockerfile; pass an envkit source checkout")
     house = None if online else (wheelhouse or ctx / "wheelhouse").resolve()
-    if online:
+    if online or not download:
         for row in rows:
             if uses_lock(row):
                 try:
@@ -194,7 +203,7 @@ def _build_rows(
                 skipped.append((row.key, reason))
             else:
                 raise UsageError(f"{reason}; pass --base IMAGE or load it with `docker load`")
-        if house is not None and buildable:
+        if house is not None and buildable and download:
             task = progress.add_task(f"wheelhouse {house}", total=None)
             try:
                 ensure_wheelhouse(
@@ -262,7 +271,16 @@ def build(
     online: bool = typer.Option(
         False, "--online", help="No wheelhouse: pip in the build reaches the index (pip_cert secret)."
     ),
-    target: str = typer.Option("runtime", "--target", help="Dockerfile stage: runtime or test."),
+    no_download: bool = typer.Option(
+        False,
+        "--no-download",
+        help="Use the wheelhouse as it is, download nothing (one carried to an air-gapped host).",
+    ),
+    target: str = typer.Option(
+        "runtime",
+        "--target",
+        help="Dockerfile stage: runtime or test (or a smaller stage, e.g. envkit-wheel, as a smoke build).",
+    ),
     uid: int = typer.Option(1000, "--uid", help="uid (and gid) of the image's non-root user `envkit`."),
     pip_cert: Path | None = typer.Option(
         None, "--pip-cert", help="CA bundle for pip, as the pip_cert build secret (default: $PIP_CERT)."
@@ -275,10 +293,15 @@ def build(
 ) -> None:
     """Build images from the matrix with BuildKit (progress on stderr, log under build/images/)."""
     _check_variant(variant)
-    if target not in TARGETS:
-        raise UsageError(f"--target {target!r} is not one of {', '.join(TARGETS)}; pick one of them")
-    if online and wheelhouse is not None:
-        raise UsageError("--online and --wheelhouse exclude each other; pass one")
+    if online and (wheelhouse is not None or no_download):
+        raise UsageError("--online and --wheelhouse/--no-download exclude each other; pass one")
+    dockerfile = (context or source_root()).resolve() / "Dockerfiles" / "Dockerfile"
+    stages = dockerfile_stages(dockerfile) if dockerfile.is_file() else list(TARGETS)
+    if target not in stages:
+        raise UsageError(
+            f"--target {target!r} is not a stage of {dockerfile}; "
+            f"pick runtime, test or one of {', '.join(stages)}"
+        )
     rows = _rows(name, variant, every)
     results, skipped = _build_rows(
         rows,
@@ -291,6 +314,7 @@ def build(
         pip_conf=pip_conf,
         context=context,
         skip_missing_base=every,
+        download=not no_download,
     )
     doc = {
         "built": [
@@ -422,3 +446,37 @@ def wheelhouse_command(
     for row in rows:
         if uses_lock(row):
             typer.echo(f"lock {ctx / 'Dockerfiles' / 'locks' / (row.key + '.txt')}")
+
+
+@app.command("prune-cache")
+def prune_cache(
+    unused_for_h: float = typer.Option(
+        24.0, "--unused-for-h", help="Remove envkit's build cache records unused for this many hours."
+    ),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON for machines."),
+) -> None:
+    """Remove envkit's superseded build layers (an old lock's venv, old code) from BuildKit's cache.
+
+    Only records made by envkit's Dockerfile steps, neither in use nor shared with
+    an image; other projects' cache and every image stay.
+    """
+    if unused_for_h < 0:
+        raise UsageError(f"--unused-for-h {unused_for_h} is negative; pass 0 or more hours")
+    try:
+        result = prune_build_cache(_client(), unused_for_h * 3600.0)
+    except Exception as exc:  # docker.errors.APIError: an engine without BuildKit's cache API
+        if isinstance(exc, CheckFailed):
+            raise
+        raise CheckFailed(f"pruning the build cache failed: {exc}") from None
+    doc = {
+        "removed": result.removed,
+        "reclaimed_mb": round(result.reclaimed_bytes / 2**20),
+        "kept": result.kept,
+    }
+    emit(
+        doc,
+        as_json=as_json,
+        render=lambda out: out.print(
+            f"removed {doc['removed']} build cache records ({doc['reclaimed_mb']} MiB), kept {doc['kept']}"
+        ),
+    )

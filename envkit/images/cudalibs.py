@@ -41,6 +41,8 @@ PRIVATE = {
     "/site-packages/triton/backends/nvidia/lib/": "triton's own CUPTI for its proton profiler",
 }
 DT_SONAME, DT_STRTAB, PT_LOAD, PT_DYNAMIC = 14, 5, 1, 2
+# The driver's libraries, injected at run time (never shipped in an image).
+DRIVER_LIBS = ("libcuda.so.1", "libnvidia-ml.so.1")
 
 
 def elf_soname(path: Path) -> str | None:
@@ -171,7 +173,12 @@ def dlopen_all(keep: str = DEFAULT_KEEP) -> dict[str, object]:
         if len(still) == len(pending):
             break
         pending = still
-    return {"loaded": loaded, "failed": errors}
+    # Linked against the driver itself (cuDNN 9.2x's runtime-compiled engines need
+    # libcuda.so.1): the NVIDIA Container Toolkit mounts it with --gpus; a GPU-less
+    # host cannot load these, and that is no fault of the image. Reported apart.
+    needs_driver = {p: e for p, e in errors.items() if any(d in e for d in DRIVER_LIBS)}
+    failed = {p: e for p, e in errors.items() if p not in needs_driver}
+    return {"loaded": loaded, "failed": failed, "needs_driver": needs_driver}
 
 
 def main(argv: list[str]) -> int:

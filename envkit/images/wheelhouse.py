@@ -304,6 +304,14 @@ def resolve_lock(row: ImageRow, pyproject: Path) -> Lock:
     reqs = lock_requirements(row, pyproject)
     with tempfile.TemporaryDirectory(prefix="envkit-lock-") as tmp:
         report = Path(tmp) / "report.json"
+        constraints: list[str] = []
+        base = read_lock(lock_dir(pyproject.parent) / base_lock_name(row))
+        if base is not None and base.row_key != row.key:
+            # cuda-devel adds nvcc and headers to the cuda row's resolution, never moves it:
+            # the dependency layer both images share installs the cuda row's lock.
+            pins = Path(tmp) / "constraints.txt"
+            pins.write_text("".join(f"{e.name}=={e.version}\n" for e in base.entries), encoding="utf-8")
+            constraints = ["--constraint", str(pins)]
         cmd = [
             *isolated_pip(row.python),
             "install",
@@ -315,6 +323,7 @@ def resolve_lock(row: ImageRow, pyproject: Path) -> Lock:
             "--index-url",
             row.wheel_index,
             *target_flags(row.python),
+            *constraints,
             *reqs,
         ]
         result = run_process(cmd, timeout_s=RESOLVE_TIMEOUT_S)
@@ -429,12 +438,26 @@ def ensure_locked_wheels(
                 # another filesystem: pip downloads it instead
                 with contextlib.suppress(OSError):
                     os.link(sibling / name, dest / name)
+    if on_line:
+        missing = sum(1 for name in wanted if not (dest / name).exists())
+        on_line(f"{row.key}: {len(wanted)} locked wheels, {missing} to download")
+    # One pip download per lock: each lock is one consistent resolution, but two locks
+    # of a set resolved on different days may pin one package at two versions.
+    for each in locks:
+        _download_lock(row, each, dest)
+    for old in dest.glob(".envkit-lock-*"):
+        old.unlink()
+    stamp.write_text(lock.row_key + "\n", encoding="utf-8")
+    return sorted(dest.glob("*.whl"))
+
+
+def _download_lock(row: ImageRow, lock: Lock, dest: Path) -> None:
+    """`pip download --require-hashes` of exactly the wheels of `lock` into `dest`."""
+    if all((dest / e.filename).is_file() for e in lock.entries):
+        return
     with tempfile.NamedTemporaryFile("w", suffix=".txt", delete=False, encoding="utf-8") as req:
         req.write("\n".join(e.line() for e in lock.entries) + "\n")
     try:
-        if on_line:
-            missing = sum(1 for name in wanted if not (dest / name).exists())
-            on_line(f"{row.key}: {len(wanted)} locked wheels, {missing} to download")
         cmd = [
             *isolated_pip(row.python),
             "download",
@@ -454,8 +477,4 @@ def ensure_locked_wheels(
         Path(req.name).unlink(missing_ok=True)
     if not result.ok:
         why = "timed out" if result.timed_out else result.tail(3)
-        raise WheelhouseError(f"downloading the wheels of {row.key} into {dest} failed: {why}")
-    for old in dest.glob(".envkit-lock-*"):
-        old.unlink()
-    stamp.write_text(lock.row_key + "\n", encoding="utf-8")
-    return sorted(dest.glob("*.whl"))
+        raise WheelhouseError(f"downloading the wheels of {lock.row_key} into {dest} failed: {why}")

@@ -113,11 +113,6 @@ def test_a_locked_rows_wheels_come_from_its_own_directory():
     assert "WHEELHOUSE=context" in build_command(plan, CLASSIC)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known at the stop: the CUDA rows changed after their locks were written; "
-    "`envkit images wheelhouse` (multi-GB download) must rewrite Dockerfiles/locks/ - see the closing note",
-)
 @pytest.mark.parametrize("row", [r for r in load_matrix().images if r.cuda], ids=lambda r: r.key)
 def test_each_cuda_row_has_a_current_lock_pinning_every_cuda_wheel(row):
     lock = read_lock(lock_path(row, ROOT))
@@ -314,3 +309,58 @@ def test_cuda_soname_pattern_names_toolkit_libraries_only():
         assert CUDA_SONAME.match(name), name
     for name in ("libcuda.so.1", "libz.so.1", "libtorch_cuda.so", "libnvidia-ml.so.1"):
         assert not CUDA_SONAME.match(name), name
+
+
+def test_stale_cache_records_are_only_envkits_unused_unshared_and_old():
+    from datetime import UTC, datetime
+
+    from envkit.images.build import stale_cache_records
+
+    now = datetime(2026, 12, 4, 18, 0, tzinfo=UTC)
+    deps = 'mount / from exec /bin/sh -c if [ "${BASE_LOCK}" = none ]; then python /ctx/requirements.py'
+
+    def rec(ident: str, desc: str, used: str, **flags: bool) -> dict:
+        return {
+            "ID": ident,
+            "Description": desc,
+            "LastUsedAt": used,
+            "InUse": False,
+            "Shared": False,
+            **flags,
+        }
+
+    records = [
+        rec("old-deps", deps, "2026-12-02T10:00:00.123456789Z"),  # an old lock's venv: stale
+        rec("fresh-deps", deps, "2026-12-04T17:30:00.5Z"),  # used half an hour ago
+        rec("image-layer", deps, "2026-12-01T00:00:00Z", Shared=True),  # an image holds it
+        rec("running", deps, "2026-12-01T00:00:00Z", InUse=True),
+        rec("other-project", "mount / from exec /bin/sh -c make world", "2026-12-01T00:00:00Z"),
+        rec("unreadable", deps, "yesterday"),
+    ]
+    assert [r["ID"] for r in stale_cache_records(records, 24 * 3600, now)] == ["old-deps"]
+    assert [r["ID"] for r in stale_cache_records(records, 0, now)] == ["old-deps", "fresh-deps"]
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (("--target", "no-such-stage"), "is not a stage of"),
+        (("--online", "--no-download"), "exclude each other"),
+    ],
+)
+def test_build_refuses_an_unknown_stage_and_online_without_download(args, needle):
+    from typer.testing import CliRunner
+
+    from envkit.cli import app
+
+    result = CliRunner().invoke(app, ["images", "build", "pytorch", *args])
+    assert result.exit_code == 2
+    assert needle in result.output
+
+
+def test_dockerfile_stages_lists_the_smoke_build_stage():
+    from envkit.images.cli import dockerfile_stages
+
+    stages = dockerfile_stages(DOCKERFILES[0])
+    assert {"os", "builder", "envkit-wheel", "runtime", "test"} <= set(stages)
+    assert stages[-1] == "test"

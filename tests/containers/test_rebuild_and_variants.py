@@ -12,7 +12,7 @@ from pathlib import Path
 import docker
 import pytest
 
-from envkit.images.build import snapshot_context, source_root
+from envkit.images.build import SOURCE_LABEL, snapshot_context, source_root
 from tests.containers.conftest import BuiltImage, build_row
 
 pytestmark = pytest.mark.container
@@ -34,6 +34,12 @@ def test_code_only_change_rebuilds_only_the_last_layer(
     context = snapshot_context(tmp_path / "context", wheelhouse)
     with (context / "envkit" / "__init__.py").open("a", encoding="utf-8") as fh:
         fh.write(f"# a code-only change {uuid.uuid4().hex}\n")
+    # A checkout with a remote (issue 18): its https form, credentials stripped, is the source label.
+    for args in (
+        ("init", "-q"),
+        ("remote", "add", "origin", "https://bot:s3cret@example.org/acme/envkit.git"),
+    ):
+        subprocess.run(["git", "-C", str(context), *args], check=True, capture_output=True)
     tag = f"envkit-images-test/rebuild:{cpu_image.row.key}"
     try:
         build_row(
@@ -50,6 +56,9 @@ def test_code_only_change_rebuilds_only_the_last_layer(
         assert len(after) == len(before)
         assert after[:-1] == before[:-1], "a code-only change must reuse every layer below envkit's"
         assert after[-1] != before[-1], "envkit's own layer must change with its code"
+        labels = docker_client.images.get(tag).labels
+        assert labels.get(SOURCE_LABEL) == "https://example.org/acme/envkit"
+        assert not any("s3cret" in value for value in labels.values())
         log = (tmp_path / f"{cpu_image.row.key}-runtime.log").read_text(encoding="utf-8")
         assert step_was_cached(log, "requirements.py"), "the dependency layer must come from the cache"
         assert not step_was_cached(log, "pip install --no-deps"), "envkit's own layer must be rebuilt"
