@@ -2,6 +2,11 @@
 
 gloo on the CPU, NCCL on GPUs (one process per GPU). Figures follow
 nccl-tests: algbw = bytes / time, busbw = algbw · 2(n-1)/n.
+
+Across hosts (`--nnodes`, one launch per host, e.g. one `srun` task per node):
+torchrun joins the hosts by c10d rendezvous at `--rdzv-endpoint` on the first
+host, which says `--is-host` (c10d's own guess compares host names); every
+host reports the same figures (the timings are reduced over all ranks).
 """
 
 from __future__ import annotations
@@ -32,6 +37,12 @@ class AllreduceOptions:
     max_bytes: int | None = None  # None: 1 GiB on GPUs, 64 MiB with gloo on a CPU
     min_time_s: float = 0.2
     timeout_s: float = 900.0
+    # Across hosts: nnodes > 1 needs rdzv_endpoint (host:port of the first host) and is_host.
+    nnodes: int = 1
+    rdzv_endpoint: str | None = None
+    rdzv_id: str = "envkit-allreduce"
+    is_host: bool = False
+    local_addr: str | None = None
 
 
 def parse_bytes(text: str, name: str) -> int:
@@ -79,7 +90,31 @@ def resolve(options: AllreduceOptions) -> tuple[str, int, int]:
     max_bytes = options.max_bytes or (GIB if backend == "nccl" else 64 * MIB)
     if max_bytes < options.min_bytes:
         raise BenchInputError(f"--max-size ({max_bytes} B) is below --min-size ({options.min_bytes} B)")
+    if options.nnodes < 1:
+        raise BenchInputError(f"--nnodes must be >= 1, got {options.nnodes}")
+    if options.nnodes > 1 and not options.rdzv_endpoint:
+        raise BenchInputError(
+            f"--nnodes {options.nnodes} needs --rdzv-endpoint HOST:PORT (the first host, with --is-host)"
+        )
     return backend, nproc, max_bytes
+
+
+def _launch_args(options: AllreduceOptions, nproc: int) -> list[str]:
+    """torchrun's own arguments: one host (standalone) or a c10d rendezvous across hosts."""
+    if options.nnodes == 1:
+        return ["--standalone", f"--nproc-per-node={nproc}"]
+    args = [
+        f"--nnodes={options.nnodes}",
+        f"--nproc-per-node={nproc}",
+        "--rdzv-backend=c10d",
+        f"--rdzv-endpoint={options.rdzv_endpoint}",
+        f"--rdzv-id={options.rdzv_id}",
+        f"--rdzv-conf=is_host={1 if options.is_host else 0}",
+        "--max-restarts=0",
+    ]
+    if options.local_addr:
+        args.append(f"--local-addr={options.local_addr}")
+    return args
 
 
 def _nccl_version() -> str:
@@ -97,6 +132,7 @@ def run_allreduce(
     doc = new_document(
         "allreduce", options={**options.__dict__, "backend": backend, "nproc": nproc, "max_bytes": max_bytes}
     )
+    world = nproc * options.nnodes
     import torch
 
     doc["context"]["pytorch"] = {
@@ -110,8 +146,7 @@ def run_allreduce(
             sys.executable,
             "-m",
             "torch.distributed.run",
-            "--standalone",
-            f"--nproc-per-node={nproc}",
+            *_launch_args(options, nproc),
             "-m",
             "envkit.bench.allreduce_worker",
             "--backend",
@@ -128,7 +163,7 @@ def run_allreduce(
         env = dict(os.environ)
         if backend == "gloo":
             env.setdefault("OMP_NUM_THREADS", "1")  # one compute thread per rank; the ranks share the cores
-            if Path("/sys/class/net/lo").exists():
+            if options.nnodes == 1 and Path("/sys/class/net/lo").exists():
                 # one host: loopback always works, whereas the hostname may not resolve in a container
                 env.setdefault("GLOO_SOCKET_IFNAME", "lo")
 
@@ -163,8 +198,9 @@ def run_allreduce(
         status = Status.ERROR
     doc["summary"] = {
         "backend": backend,
-        "world_size": nproc,
-        "busbw_factor": busbw_factor(nproc),
+        "world_size": world,
+        "nnodes": options.nnodes,
+        "busbw_factor": busbw_factor(world),
         "status": str(status),
         "failures": failures,
         "peak_busbw_gbps": max((r["busbw_gbps"] or 0.0 for r in doc["results"]), default=None),

@@ -3,8 +3,9 @@
 Each size is checked first (every rank contributes (rank+1)·pattern; the sum
 must equal n(n+1)/2·pattern exactly), then timed as nccl-tests does: a few
 warm-up calls, back-to-back calls between two synchronisations, the slowest
-rank's time. Rank 0 rewrites the result file atomically after every size, so an
-interrupted sweep still leaves what it measured.
+rank's time. Local rank 0 rewrites the result file atomically after every size, so an
+interrupted sweep still leaves what it measured (across hosts, local rank 0 of
+every host does, for that host's launcher).
 
 Test-only: ENVKIT_TEST_HANG_RANK=<rank> makes that rank sleep forever after joining
 the group (the others then block in their first all-reduce), which is how the tests
@@ -121,7 +122,9 @@ def main(argv: list[str] | None = None) -> int:
             }
         )
         del data
-        if rank == 0:
+        # Every rank holds the same reduced figures: the first rank of each host writes them,
+        # so each host's `envkit bench allreduce` reports (one launch per host across hosts).
+        if local_rank == 0:
             print(f"allreduce {nbytes} B: {algbw:.3f} GB/s algbw, correct={correct}", flush=True)
             payload = {
                 "backend": args.backend,

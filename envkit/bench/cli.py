@@ -235,10 +235,21 @@ def allreduce(
         "--timeout",
         help="Seconds the whole sweep may take; past it torchrun and every rank are killed (exit 1).",
     ),
+    nnodes: int = typer.Option(1, "--nnodes", help="Hosts taking part; run this once on each (e.g. srun)."),
+    rdzv_endpoint: str = typer.Option(
+        None, "--rdzv-endpoint", help="With --nnodes > 1: HOST:PORT of the first host (c10d store)."
+    ),
+    rdzv_id: str = typer.Option("envkit-allreduce", "--rdzv-id", help="Rendezvous id (same on all hosts)."),
+    is_host: bool = typer.Option(False, "--is-host", help="This is the first host: it runs the c10d store."),
+    local_addr: str = typer.Option(None, "--local-addr", help="This host's address as the others reach it."),
     as_json: bool = typer.Option(False, "--json", help="Print the result document as JSON on stdout."),
     out: Path = typer.Option(None, "--out", help="Write the result document (JSON) here."),
 ) -> None:
-    """All-reduce algbw/busbw over torch.distributed (torchrun), with a check of the summed data."""
+    """All-reduce algbw/busbw over torch.distributed (torchrun), with a check of the summed data.
+
+    Across hosts: `--nnodes N --rdzv-endpoint FIRST:PORT` on every host, `--is-host` on the first
+    (`envkit train sbatch allreduce` writes the Slurm job that does this).
+    """
     from envkit.bench.allreduce import AllreduceOptions, parse_bytes, resolve, run_allreduce
     from envkit.bench.render import allreduce_table
 
@@ -251,6 +262,11 @@ def allreduce(
         max_bytes=parse_bytes(max_size, "max-size") if max_size else None,
         min_time_s=min_time,
         timeout_s=timeout,
+        nnodes=nnodes,
+        rdzv_endpoint=rdzv_endpoint,
+        rdzv_id=rdzv_id,
+        is_host=is_host,
+        local_addr=local_addr,
     )
     resolve(options)
     check_output_path(out, "--out")

@@ -32,19 +32,22 @@ from tests.conftest import ROOT, skip_or_fail
 HERE = Path(__file__).resolve().parent
 ANSIBLE_DIR = ROOT / "ansible"
 BIN = Path(sys.executable).parent
-PREFIX = "envkit-cluster"
+# Every container, network and volume name starts with this prefix (shared Docker engine).
+PREFIX = os.environ.get("ENVKIT_CLUSTER_PREFIX", "hc")
 NETWORK = f"{PREFIX}-net"
 VOLUME = f"{PREFIX}-shared"
 CONTROLLER = f"{PREFIX}-ctl"
 COMPUTE = (f"{PREFIX}-c1", f"{PREFIX}-c2")
+# Slurm's hostlist form of COMPUTE, as a job's SLURM_JOB_NODELIST prints it.
+COMPUTE_HOSTLIST = f"{PREFIX}-c[1-2]"
 NODES = (CONTROLLER, *COMPUTE)
 VENV = "/opt/envkit/venv"
 # What the nodes' venv holds before the playbook runs: the frameworks and the
 # train extra. envkit's own base dependencies come with the envkit role too.
 FRAMEWORKS = [
-    "torch==2.13.0", "tensorflow-cpu==2.21.0", "tokenizers>=0.19", "safetensors>=0.4", "tensorboard>=2.16",
-    "matplotlib>=3.8", "typer>=0.12", "rich>=13", "pyyaml>=6", "jsonschema>=4", "numpy>=1.26",
-    "nvidia-ml-py>=12", "docker>=7",
+    "torch==2.13.0", "tensorflow-cpu==2.21.0", "pydantic>=2", "tokenizers>=0.19", "safetensors>=0.4",
+    "tensorboard>=2.16", "matplotlib>=3.8", "typer>=0.12", "rich>=13", "pyyaml>=6", "jsonschema>=4",
+    "numpy>=1.26", "nvidia-ml-py>=12", "docker>=7",
 ]  # fmt: skip
 WHEELHOUSE = Path(os.environ.get("ENVKIT_CLUSTER_WHEELHOUSE", ROOT / "build" / "cluster" / "wheelhouse"))
 # --privileged is refused on this host (no CAP_SYS_RESOURCE): every other
@@ -115,10 +118,10 @@ def build_node_image(base_image: str) -> str:
     digest = hashlib.sha256(
         dockerfile.read_bytes() + _image_id(base_image).encode() + "\n".join(wheels + FRAMEWORKS).encode()
     ).hexdigest()[:12]
-    tag = f"{PREFIX}/node:{digest}"
+    tag = f"{PREFIX}-cluster/node:{digest}"
     if docker("image", "inspect", tag, check=False).returncode == 0:
         return tag
-    systemd_tag = f"{PREFIX}/node-systemd:{digest}"
+    systemd_tag = f"{PREFIX}-cluster/node-systemd:{digest}"
     proc = subprocess.run(
         ["docker", "build", "--quiet", "--build-arg", f"BASE_IMAGE={base_image}", "-t", systemd_tag,
          "-f", str(dockerfile), str(dockerfile.parent)],
@@ -277,7 +280,9 @@ def cluster(docker_client, base_image, tmp_path_factory) -> Iterator[Cluster]:
         t2 = time.monotonic()
         second = run_playbook(inventory)
         timings["second_run_s"] = time.monotonic() - t2
+        t3 = time.monotonic()
         check = run_playbook(inventory, "--check", "--diff")
+        timings["check_run_s"] = time.monotonic() - t3
         for name, run in (("second", second), ("check", check)):
             (work / f"{name}.log").write_text(run.output)
         yield Cluster(inventory, work, first, second, check, timings)

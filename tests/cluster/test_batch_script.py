@@ -129,3 +129,75 @@ def test_cli_bad_input_is_one_error_line_and_exit_2() -> None:
     assert result.exit_code == 2
     result = CliRunner().invoke(app, ["sbatch", "train", "engine=pytorch", "run_dir=/x"])
     assert result.exit_code == 2 and "stage 'train'" in result.output
+
+
+def _node_part(script: str) -> str:
+    return shlex.split(script.split("bash -c ", 1)[1].rsplit(" &", 1)[0])[0]
+
+
+def test_allreduce_job_joins_every_node_by_c10d_with_the_head_as_store_host(tmp_path) -> None:
+    result = CliRunner().invoke(
+        app, ["sbatch", "allreduce", "-N", "3", f"run_dir={tmp_path}/ar", "--", "--max-size", "4MiB"]
+    )
+    assert result.exit_code == 0, result.output
+    script = result.output
+    assert subprocess.run(["bash", "-n"], input=script, text=True, check=False).returncode == 0
+    assert "#SBATCH --nodes=3\n" in script and "--requeue" not in script
+    node = _node_part(script)
+    assert "-m training.cluster.slurmenv" in node and "-m envkit bench allreduce" in node
+    assert '--nnodes "$ENVKIT_NNODES"' in node and '--rdzv-endpoint "$ENVKIT_HEAD:$ENVKIT_PORT"' in node
+    assert '[ "$ENVKIT_IS_HOST" = 1 ] && host_flag=--is-host' in node
+    assert node.rstrip().endswith(f'--out {tmp_path}/ar/allreduce-"$SLURMD_NODENAME".json --max-size 4MiB')
+
+
+def test_allreduce_job_node_command_gets_is_host_only_on_the_first_node(tmp_path) -> None:
+    """The node part, run by bash with a stand-in python that echoes its argv: the flags it builds."""
+    script = render(SbatchSpec(stage="allreduce", engine="pytorch", run_dir=str(tmp_path), nodes=2))
+    fake = tmp_path / "python"
+    fake.write_text(
+        "#!/bin/bash\n"
+        'if [ "$2" = training.cluster.slurmenv ]; then exec ' + sys.executable + ' "$@"; fi\n'
+        'echo "$@"\n'
+    )
+    fake.chmod(0o755)
+    flags = {}
+    for rank, name in enumerate(("gpu07", "gpu08")):
+        env = {**SLURM, "SLURM_NODEID": str(rank), "SLURMD_NODENAME": name, "SLURM_JOB_ID": "42",
+               "ENVKIT_PYTHON": str(fake), "ENVKIT_PORT": "29400", "PATH": "/usr/bin:/bin",
+               "PYTHONPATH": sys.path[0] or "."}  # fmt: skip
+        out = subprocess.run(
+            ["bash", "-c", _node_part(script)], env=env, capture_output=True, text=True, check=True
+        ).stdout.split()
+        flags[name] = out
+    head, other = flags["gpu07"], flags["gpu08"]
+    assert "--is-host" in head and "--is-host" not in other
+    for argv, addr in ((head, "gpu07"), (other, "gpu08")):
+        assert argv[argv.index("--rdzv-endpoint") + 1] == "gpu07:29400"
+        assert argv[argv.index("--local-addr") + 1] == addr
+        assert argv[argv.index("--nnodes") + 1] == "2" and argv[argv.index("--rdzv-id") + 1] == "envkit-42"
+
+
+def test_accept_job_runs_accept_on_every_node_exclusively_and_lets_each_finish(tmp_path) -> None:
+    script = render(
+        SbatchSpec(stage="accept", engine="pytorch", run_dir=str(tmp_path), nodes=4, args=["--quick"])
+    )
+    assert subprocess.run(["bash", "-n"], input=script, text=True, check=False).returncode == 0
+    assert "#SBATCH --exclusive\n" in script and "--kill-on-bad-exit=0" in script
+    node = _node_part(script)
+    assert node.rstrip().endswith(f'-m envkit accept --out {tmp_path}/accept-"$SLURMD_NODENAME".json --quick')
+
+
+def test_bench_allreduce_across_hosts_launches_torchrun_with_c10d_not_standalone() -> None:
+    from envkit.bench.allreduce import AllreduceOptions, _launch_args, resolve
+    from envkit.bench.errors import BenchInputError
+
+    one = _launch_args(AllreduceOptions(), 2)
+    assert one == ["--standalone", "--nproc-per-node=2"]
+    many = _launch_args(
+        AllreduceOptions(nnodes=2, rdzv_endpoint="n1:29400", is_host=True, local_addr="n1"), 1
+    )
+    assert "--standalone" not in many and "--rdzv-conf=is_host=1" in many
+    assert {"--nnodes=2", "--rdzv-backend=c10d", "--rdzv-endpoint=n1:29400", "--local-addr=n1"} <= set(many)
+    pytest.importorskip("torch")
+    with pytest.raises(BenchInputError, match="--rdzv-endpoint"):
+        resolve(AllreduceOptions(nnodes=2))

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
 import re
 
 import pytest
 
 from tests.cluster.conftest import (
     COMPUTE,
+    COMPUTE_HOSTLIST,
     CONTROLLER,
     NODES,
     VENV,
@@ -25,13 +25,8 @@ pytestmark = [
     pytest.mark.container,
     pytest.mark.ansible,
     pytest.mark.slow,
-    # Opt-in until the whole suite has passed end to end here: parts of it were verified by hand
-    # (converge, sinfo idle, munge across nodes, sbatch -N2 bit-equal to one host) but the suite
-    # as a whole has not, and it takes 15-25 min on a 2-core machine. See docs/cluster.md.
-    pytest.mark.skipif(
-        os.environ.get("ENVKIT_CLUSTER_TESTS") != "1",
-        reason="cluster suite is opt-in: ENVKIT_CLUSTER_TESTS=1 (three systemd containers, 15-25 min)",
-    ),
+    # the first test also builds the node image and converges the cluster (session fixture)
+    pytest.mark.timeout(3600),
 ]
 
 
@@ -48,6 +43,7 @@ def test_converges_then_changes_nothing(cluster: Cluster) -> None:
     assert cluster.check.rc == 0, cluster.check.tail()
     for node in NODES:
         assert cluster.check.recap(node)["changed"] == 0, cluster.check.changed_tasks()
+    print("cluster set-up (s):", json.dumps({k: round(v) for k, v in cluster.timings.items()}))
 
 
 def test_sinfo_shows_both_compute_nodes_idle(cluster: Cluster) -> None:
@@ -158,7 +154,7 @@ def torch_n2(cluster: Cluster) -> str:
 
 def test_pytorch_cycle_on_two_nodes_equals_two_processes_on_one_host(torch_n2: str) -> None:
     log = sh(CONTROLLER, f"cat {torch_n2}/slurm-*.out").stdout
-    assert "envkit: job" in log and "envkit-cluster-c[1-2]" in log
+    assert "envkit: job" in log and COMPUTE_HOSTLIST in log
     torch_reference("/shared/runs/torch-ref")
     result = compare(torch_n2, "/shared/runs/torch-ref")
     for name in CHECKPOINTS:
@@ -220,6 +216,50 @@ def test_tensorflow_cycle_one_worker_per_node_equals_two_workers_on_one_host(clu
     for name in CHECKPOINTS:
         assert result[name]["names"], result
         assert result[name]["bit_equal"], result
+
+
+# ---------------------------------------------------------------- envkit's node checks as jobs
+def write_tool_job(stage: str, run_dir: str, *args: str) -> str:
+    path = f"/shared/jobs/{stage}.sbatch"
+    sh(
+        CONTROLLER,
+        f"mkdir -p /shared/jobs && {PY} -m training.cluster sbatch {stage} -N 2 run_dir={run_dir} "
+        f"--output {path} -- {' '.join(args)}",
+    )
+    return path
+
+
+def test_allreduce_across_the_nodes_reports_busbw_between_hosts(cluster: Cluster) -> None:
+    run_dir = "/shared/runs/allreduce"
+    job = submit(write_tool_job("allreduce", run_dir, "--max-size", "4MiB", "--min-time", "0.1"))
+    state = wait_job(job, timeout=600)
+    assert state == "COMPLETED", f"job {job} ended {state}:\n{job_log(run_dir)}"
+    docs = {n: json.loads(sh(CONTROLLER, f"cat {run_dir}/allreduce-{n}.json").stdout) for n in COMPUTE}
+    for node, doc in docs.items():
+        summary = doc["summary"]
+        assert (summary["status"], summary["world_size"], summary["nnodes"]) == ("ok", 2, 2), (node, summary)
+        assert summary["busbw_factor"] == 1.0  # 2(n-1)/n with one rank on each of the two hosts
+        assert doc["results"] and all(r["correct"] and r["world_size"] == 2 for r in doc["results"])
+        assert summary["peak_busbw_gbps"] > 0
+    # the timings are reduced over both ranks: both hosts report the same figures
+    first, second = (docs[n]["results"] for n in COMPUTE)
+    assert [r["seconds"] for r in first] == [r["seconds"] for r in second]
+    print("allreduce between hosts:", json.dumps([(r["bytes"], round(r["busbw_gbps"], 3)) for r in first]))
+
+
+def test_accept_runs_as_a_job_on_every_node(cluster: Cluster) -> None:
+    run_dir = "/shared/runs/accept"
+    job = submit(write_tool_job("accept", run_dir, "--device", "cpu", "--duration", "5s"))
+    state = wait_job(job, timeout=900)
+    verdicts = {}
+    for node in COMPUTE:
+        proc = sh(CONTROLLER, f"cat {run_dir}/accept-{node}.json", check=False)
+        assert proc.returncode == 0, f"no verdict from {node}:\n{job_log(run_dir)}"
+        doc = json.loads(proc.stdout)
+        verdicts[node] = doc["verdict"]["result"]
+        assert doc["node"]["hostname"] == node, doc["node"]
+    assert verdicts == dict.fromkeys(COMPUTE, "pass"), (verdicts, job_log(run_dir))
+    assert state == "COMPLETED", state
 
 
 # ---------------------------------------------------------------- health check

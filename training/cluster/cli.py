@@ -14,9 +14,13 @@ from envkit.cli_support import UsageError, make_app
 
 app = make_app(help="Training across Slurm nodes.")
 
-STAGE = typer.Argument("cycle", help="cycle | prepare | pretrain | finetune | test")
+STAGE = typer.Argument(
+    "cycle", help="cycle | prepare | pretrain | finetune | test, or a node check: accept | allreduce"
+)
 OVERRIDES = typer.Argument(
-    None, help="key=value overrides for the stage, e.g. engine=tensorflow max_steps=100"
+    None,
+    help="key=value overrides for the stage, e.g. engine=tensorflow max_steps=100; for accept and "
+    "allreduce: run_dir=DIR, then `--` and the command's own options (e.g. -- --quick)",
 )
 
 
@@ -63,19 +67,25 @@ def sbatch_cmd(
 ) -> None:
     """Write the Slurm batch script that runs a stage (or the cycle) across --nodes nodes."""
     from envkit.atomic import atomic_write_text
-    from training.cluster.sbatch import SbatchError, SbatchSpec, render
+    from training.cluster.sbatch import TOOL_JOBS, SbatchError, SbatchSpec, render
     from training.cluster.sbatch import submit as sbatch_submit
 
     overrides = list(overrides or [])
     if "=" in stage:  # `envkit train sbatch engine=tensorflow`: the stage was left at its default
         overrides.insert(0, stage)
         stage = "cycle"
-    engine, run_dir = _resolve(preset, config, overrides)
-    args = [o for o in overrides if _key(o) not in ("run_dir", "engine")] + [f"engine={engine}"]
-    if preset:
-        args += ["--preset", preset]
-    if config:
-        args += ["--config", str(config.absolute())]
+    if stage in TOOL_JOBS:
+        # envkit's own command on the nodes: no training config; run_dir= names where the JSON goes
+        dirs = [o.split("=", 1)[1] for o in overrides if o.startswith("run_dir=")]
+        run_dir = str(Path(dirs[-1] if dirs else f"envkit-{stage}").absolute())
+        engine, args = "pytorch", [o for o in overrides if not o.startswith("run_dir=")]
+    else:
+        engine, run_dir = _resolve(preset, config, overrides)
+        args = [o for o in overrides if _key(o) not in ("run_dir", "engine")] + [f"engine={engine}"]
+        if preset:
+            args += ["--preset", preset]
+        if config:
+            args += ["--config", str(config.absolute())]
     spec = SbatchSpec(
         stage=stage,
         engine=engine,

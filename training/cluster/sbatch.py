@@ -1,5 +1,8 @@
 """The Slurm batch script of `envkit train sbatch`: any stage (or the cycle) across N nodes.
 
+Also envkit's node checks as jobs: `accept` (envkit accept on every node) and
+`allreduce` (envkit bench allreduce across the nodes).
+
 One `srun` task per node. PyTorch: each task starts `torchrun` for its node's
 processes, joined by c10d rendezvous on the allocation's first node with
 `--rdzv-conf is_host=` set explicitly. TensorFlow: each task is one worker of
@@ -17,7 +20,11 @@ import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
-STAGES = ("cycle", "prepare", "pretrain", "finetune", "test")
+TRAINING_STAGES = ("cycle", "prepare", "pretrain", "finetune", "test")
+# envkit's own node checks as jobs: `envkit accept` on every node of the allocation
+# (each node its own verdict), `envkit bench allreduce` across all of them (busbw between hosts).
+TOOL_JOBS = ("accept", "allreduce")
+STAGES = TRAINING_STAGES + TOOL_JOBS
 ENGINES = ("pytorch", "tensorflow")
 
 
@@ -50,6 +57,12 @@ class SbatchSpec:
     def validate(self) -> None:
         if self.stage not in STAGES:
             raise SbatchError(f"stage {self.stage!r} is not one of {', '.join(STAGES)}")
+        if self.stage in TOOL_JOBS:
+            if not Path(self.run_dir).is_absolute():
+                raise SbatchError(f"run_dir {self.run_dir!r} is relative; give an absolute path")
+            if self.nodes < 1 or self.nproc_per_node < 1:
+                raise SbatchError("--nodes and --nproc-per-node must be >= 1")
+            return
         if self.engine not in ENGINES:
             raise SbatchError(
                 f"engine {self.engine!r} cannot run across nodes; use engine=pytorch or tensorflow"
@@ -68,8 +81,27 @@ class SbatchSpec:
             raise SbatchError(f"--port {self.port} is not a TCP port")
 
 
+def _tool_command(spec: SbatchSpec) -> str:
+    """A node's part in an accept or allreduce job: its JSON lands in run_dir, named by the node."""
+    out = f'{shlex.quote(spec.run_dir)}/{spec.stage}-"$SLURMD_NODENAME".json'
+    args = shlex.join(spec.args)
+    if spec.stage == "accept":
+        return f'set -euo pipefail\nexec "$ENVKIT_PYTHON" -m envkit accept --out {out} {args}\n'
+    env = 'eval "$("$ENVKIT_PYTHON" -m training.cluster.slurmenv --port "$ENVKIT_PORT")"'
+    launch = (
+        'host_flag=""; [ "$ENVKIT_IS_HOST" = 1 ] && host_flag=--is-host\n'
+        'exec "$ENVKIT_PYTHON" -m envkit bench allreduce --nnodes "$ENVKIT_NNODES" '
+        f"--nproc={spec.nproc_per_node} "
+        '--rdzv-endpoint "$ENVKIT_HEAD:$ENVKIT_PORT" --rdzv-id "envkit-$SLURM_JOB_ID" $host_flag '
+        f'--local-addr "$ENVKIT_NODE_ADDR" --out {out} {args}'
+    )
+    return f"set -euo pipefail\n{env}\n{launch}\n"
+
+
 def _node_command(spec: SbatchSpec) -> str:
     """What each node runs (inside `srun bash -c`): its variables, then its launcher."""
+    if spec.stage in TOOL_JOBS:
+        return _tool_command(spec)
     train = shlex.join(["-m", "training", spec.stage, *spec.args, f"run_dir={spec.run_dir}"])
     env = 'eval "$("$ENVKIT_PYTHON" -m training.cluster.slurmenv --port "$ENVKIT_PORT")"'
     if spec.engine == "tensorflow":
@@ -107,21 +139,42 @@ def render(spec: SbatchSpec) -> str:
         directives.append(f"--partition={spec.partition}")
     if spec.time_limit:
         directives.append(f"--time={spec.time_limit}")
-    if spec.requeue:
+    if spec.stage == "accept":
+        directives.append("--exclusive")  # a node's verdict is only worth something with the node to itself
+    if spec.requeue and spec.stage not in TOOL_JOBS:
         directives.append("--requeue")  # a preempted job comes back and resumes
     directives.extend(spec.extra_sbatch)
-    launcher = (
-        f"torchrun per node ({spec.nproc_per_node} process(es) each), c10d rendezvous on the first node"
-        if spec.engine == "pytorch"
-        else "one MultiWorkerMirroredStrategy worker per node, TF_CONFIG from SLURM_*"
-    )
+    if spec.stage == "accept":
+        about = [
+            f"# envkit train sbatch: `envkit accept` on each of {spec.nodes} node(s), one verdict per node",
+            f"# ({spec.run_dir}/accept-<node>.json); the job fails if any node is not accepted.",
+        ]
+    elif spec.stage == "allreduce":
+        about = [
+            f"# envkit train sbatch: `envkit bench allreduce` across {spec.nodes} node(s)"
+            f" ({spec.nproc_per_node} process(es) each),",
+            "# c10d rendezvous on the first node; busbw between the hosts in",
+            f"# {spec.run_dir}/allreduce-<node>.json.",
+        ]
+    else:
+        launcher = (
+            f"torchrun per node ({spec.nproc_per_node} process(es) each), c10d rendezvous on the first node"
+            if spec.engine == "pytorch"
+            else "one MultiWorkerMirroredStrategy worker per node, TF_CONFIG from SLURM_*"
+        )
+        about = [
+            f"# envkit train sbatch: `{spec.stage}` on {spec.nodes} node(s), engine {spec.engine}:",
+            f"# {launcher}.",
+            f"# Run directory (every node must see it): {spec.run_dir}",
+            "# After scancel, a time limit or a preemption, submit this file again: the run resumes",
+            "# from its last checkpoint.",
+        ]
+    # accept: every node finishes its own checks even when another fails
+    kill_on_bad_exit = 0 if spec.stage == "accept" else 1
     lines = [
         "#!/bin/bash",
         *(f"#SBATCH {d}" for d in directives),
-        f"# envkit train sbatch: `{spec.stage}` on {spec.nodes} node(s), engine {spec.engine}: {launcher}.",
-        f"# Run directory (every node must see it): {spec.run_dir}",
-        "# After scancel, a time limit or a preemption, submit this file again: the run resumes",
-        "# from its last checkpoint.",
+        *about,
         "set -euo pipefail",
         f"export ENVKIT_PYTHON={shlex.quote(spec.python)}",
         f"export ENVKIT_PORT={spec.port}",
@@ -130,7 +183,9 @@ def render(spec: SbatchSpec) -> str:
         'echo "envkit: job $SLURM_JOB_ID on $SLURM_JOB_NODELIST"',
         # srun in the background so a SIGTERM to this shell reaches the tasks (they checkpoint)
         # instead of killing the shell first.
-        "srun --ntasks-per-node=1 --kill-on-bad-exit=1 bash -c " + shlex.quote(_node_command(spec)) + " &",
+        f"srun --ntasks-per-node=1 --kill-on-bad-exit={kill_on_bad_exit} bash -c "
+        + shlex.quote(_node_command(spec))
+        + " &",
         "srun_pid=$!",
         "trap 'kill -TERM \"$srun_pid\" 2>/dev/null || true' TERM",
         'wait "$srun_pid" || status=$?',
