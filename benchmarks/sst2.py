@@ -25,6 +25,7 @@ import argparse
 import csv
 import json
 import os
+import resource
 import shutil
 import subprocess
 import sys
@@ -199,9 +200,11 @@ def main(argv: list[str] | None = None) -> int:
     root = Path(args.run_root)
     if not args.keep:
         shutil.rmtree(root, ignore_errors=True)
+    path = Path(args.out)
     results: dict[str, Any] = {}
     for name in systems:
         print(f"{name}:", flush=True)
+        load0, cpu0 = os.getloadavg(), _cpu_seconds()
         if name == "tfidf":
             results[name] = run_tfidf(data)
         elif name == "gpt":
@@ -209,10 +212,27 @@ def main(argv: list[str] | None = None) -> int:
         else:
             results[name] = run_minilm(data, root, name.split("-", 1)[1], args)
         r = results[name]
+        # the machine is shared: the load average next to each wall time, and the CPU seconds
+        # this process and its children used (wall x 2 cores on an idle machine)
+        r["load_avg_1m"] = {"start": round(load0[0], 2), "end": round(os.getloadavg()[0], 2)}
+        r["cpu_s"] = round(_cpu_seconds() - cpu0, 1)
         print(
-            f"  dev accuracy {r['dev_accuracy']:.4f}  F1 {r['dev_f1']:.4f}  {r['wall_s'] / 60:.1f} min",
+            f"  dev accuracy {r['dev_accuracy']:.4f}  F1 {r['dev_f1']:.4f}  {r['wall_s'] / 60:.1f} min"
+            f"  cpu {r['cpu_s']:.0f} s  load {r['load_avg_1m']['start']}->{r['load_avg_1m']['end']}",
             flush=True,
         )
+        _write(path, args, results)  # after each system: a long run keeps what it finished
+    print(f"wrote {path}")
+    return 0
+
+
+def _cpu_seconds() -> float:
+    """User + system CPU seconds of this process and its finished children."""
+    own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
+
+
+def _write(path: Path, args: argparse.Namespace, results: dict[str, Any]) -> None:
     out: dict[str, Any] = {"benchmark": "sst2", "split": {"train": "sst2/train.tsv", "test": "sst2/dev.tsv"}}
     out["systems"] = results
     base = results.get("tfidf", {}).get("dev_accuracy")
@@ -220,16 +240,17 @@ def main(argv: list[str] | None = None) -> int:
     for name in ("minilm-full", "minilm-lora"):
         if name in results and base is not None:
             r = results[name]
-            out.setdefault("meets_target", {})[name] = (
-                r["dev_accuracy"] > base and r["wall_s"] <= TARGET_MINUTES * 60
-            )
+            # the budget in wall time on this machine as it was, and in CPU time (2 idle cores)
+            out.setdefault("meets_target", {})[name] = {
+                "beats_baseline": r["dev_accuracy"] > base,
+                "wall_within_budget": r["wall_s"] <= TARGET_MINUTES * 60,
+                "cpu_within_budget": r.get("cpu_s", 0.0) <= TARGET_MINUTES * 60 * 2,
+            }
     out["machine"] = {"cores": os.cpu_count(), "load_avg_1m_end": os.getloadavg()[0]}
     out["when"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-    path = Path(args.out)
+    out["argv"] = sys.argv[1:]
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(out, indent=2) + "\n")
-    print(f"wrote {path}")
-    return 0
 
 
 if __name__ == "__main__":
