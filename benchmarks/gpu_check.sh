@@ -90,6 +90,15 @@ if [[ $DEVICE == gpu ]]; then
     # Only the files that carry the marker are collected: the rest of the suite imports tools
     # (Docker, Ansible, TensorFlow) a GPU box need not have, and collecting it costs ~30 s.
     add gpu-tests 150 no-skips "$PY" -m pytest -m gpu -q -rs -p no:cacheprovider "${GPU_TEST_FILES[@]}"
+    # A GPU host WITH Docker and the NVIDIA runtime (a build host, a provisioned node; not the
+    # lent machine, which has no Docker): each CUDA image with --gpus all, doctor
+    # --require-gpu and a short matmul (benchmarks/gpu_images_check.sh). Its time comes on top.
+    if docker info --format '{{json .Runtimes}}' 2>/dev/null | grep -q nvidia; then
+        add gpu-images 480 - env OUT="$DEST/gpu-images" STEP_LIMIT_S=75 bash benchmarks/gpu_images_check.sh
+        BUDGET_S=$((BUDGET_S + 480))
+    else
+        na gpu-images
+    fi
 else
     na nvidia-smi
     add versions 60 - "$PY" -c 'import sys, torch; print(sys.version); print("torch", torch.__version__)'

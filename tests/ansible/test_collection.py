@@ -19,7 +19,15 @@ from tests.ansible.conftest import ANSIBLE_DIR, BIN, tool_env
 
 pytestmark = pytest.mark.ansible
 
-ROLES = ("gpu_facts", "nvidia_driver", "docker_engine", "nvidia_container_toolkit", "envkit")
+ROLES = (
+    "gpu_facts",
+    "nvidia_driver",
+    "nvidia_fabricmanager",
+    "docker_engine",
+    "nvidia_container_toolkit",
+    "dcgm",
+    "envkit",
+)
 
 
 def run(*args: str, cwd: Path, **env: str) -> subprocess.CompletedProcess[str]:
@@ -40,10 +48,12 @@ def installed(tmp_path_factory) -> tuple[Path, Path]:
     tarball = work / f"{galaxy['namespace']}-{galaxy['name']}-{galaxy['version']}.tar.gz"
     assert tarball.is_file(), sorted(p.name for p in work.iterdir())
     collections = work / "collections"
-    # A dead server: any attempt to reach Galaxy fails the install.
+    # A dead server: any attempt to reach Galaxy fails the install. Only this
+    # collections path: a copy elsewhere (ansible-lint installs the project's
+    # collection under ~/.ansible) would make galaxy answer "already installed".
     inst = run(
         str(BIN / "ansible-galaxy"), "collection", "install", str(tarball), "-p", str(collections),
-        cwd=work, ANSIBLE_GALAXY_SERVER="http://127.0.0.1:9/",
+        cwd=work, ANSIBLE_GALAXY_SERVER="http://127.0.0.1:9/", ANSIBLE_COLLECTIONS_PATH=str(collections),
     )  # fmt: skip
     assert inst.returncode == 0, inst.stdout + inst.stderr
     return tarball, collections

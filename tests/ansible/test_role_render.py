@@ -13,6 +13,7 @@ guide and the distributions' package metadata name (issue 17, defects 1, 3-7).
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 from functools import cache
 from pathlib import Path
@@ -62,7 +63,8 @@ def host(facts: dict[str, Any], gpus: list[str], **role_vars: Any) -> dict[str, 
 
 
 HOSTS: dict[str, dict[str, Any]] = {
-    "ubuntu2404-h100": host(UBUNTU_2404, [H100_SXM] * 8),
+    # site.yml registers the NVIDIA runtime with Docker on GPU hosts.
+    "ubuntu2404-h100": host(UBUNTU_2404, [H100_SXM] * 8, docker_engine_nvidia_runtime=True),
     "ubuntu2404-aws-a100": host({**UBUNTU_2404, "kernel": "6.8.0-1018-aws"}, [A100_SXM4] * 8),
     # Jammy's HWE kernel: Canonical's modules follow the HWE image metapackage.
     "ubuntu2204-hwe-v100": host(
@@ -71,14 +73,24 @@ HOSTS: dict[str, dict[str, Any]] = {
         nvidia_driver__image_metapackages=["linux-image-generic-hwe-22.04"],
     ),
     "ubuntu2204-t4": host(UBUNTU_2204, [T4]),
-    "ubuntu2404-cuda-h100": host(UBUNTU_2404, [H100_SXM], nvidia_driver_source="cuda"),
+    "ubuntu2404-cuda-h100": host(
+        UBUNTU_2404, [H100_SXM], nvidia_driver_source="cuda", docker_engine_cdi=True
+    ),
     "ubuntu2404-b200-forced-proprietary": host(
         UBUNTU_2404, [B200], nvidia_driver_kernel_modules="proprietary"
     ),
     "ubuntu2404-mixed-v100-b200": host(UBUNTU_2404, [V100_SXM2, B200]),
     "debian12-h100": host(DEBIAN_12, [H100_SXM] * 8),
+    "debian12-upgrades-off": host(DEBIAN_12, [H100_SXM], nvidia_driver_unattended_upgrades="off"),
     "debian12-cloud-v100": host({**DEBIAN_12, "kernel": "6.1.0-28-cloud-amd64"}, [V100_SXM2]),
     "debian12-distro-580": host(DEBIAN_12, [H100_SXM], nvidia_driver_source="distro"),
+    "debian12-distro-535-open": host(
+        DEBIAN_12,
+        [A100_SXM4],
+        nvidia_driver_source="distro",
+        nvidia_driver_branch="535",
+        nvidia_driver_kernel_modules="open",
+    ),
     "debian12-distro-535-pinned": host(
         DEBIAN_12,
         [A100_SXM4],
@@ -92,6 +104,44 @@ ROLES = [
     {"name": "nvidia_driver", "plan": "nvidia_driver_plan"},
     {"name": "docker_engine", "plan": "docker_engine_daemon_config"},
 ]
+
+# The reboot decision and the post-reboot check, from a driver state as
+# tasks/module_state.yml reads it (sysfs, /proc/driver/nvidia, modinfo, nvidia-smi).
+DECISIONS = [
+    {"name": "nvidia_driver", "key": "reboot", "tasks": ["plan.yml", "reboot_decision.yml"],
+     "plan": "nvidia_driver_reboot_required"},
+    {"name": "nvidia_driver", "key": "loaded", "tasks": ["plan.yml", "loaded_check.yml"],
+     "plan": "nvidia_driver_module_state"},
+]  # fmt: skip
+
+
+def state(
+    loaded: str, loaded_flavour: str, installed: str, installed_flavour: str, gpus: str = ""
+) -> dict[str, str]:
+    """nvidia_driver_module_state as tasks/module_state.yml publishes it."""
+    return {"loaded_version": loaded, "loaded_flavour": loaded_flavour, "installed_version": installed,
+            "installed_flavour": installed_flavour, "newest_kernel": "", "newest_kernel_module": "", "gpus": gpus}  # fmt: skip
+
+
+def decided(name: str, module_state: dict[str, str], gpus: int = 8) -> tuple[str, dict[str, Any]]:
+    """An Ubuntu 24.04 H100 host (open modules planned) with this driver state."""
+    return name, host(UBUNTU_2404, [H100_SXM] * gpus, nvidia_driver_module_state=module_state,
+                      render_roles=DECISIONS)  # fmt: skip
+
+
+HOSTS.update(
+    [
+        # Same version, other flavour: a switch to the open modules needs a reboot too.
+        decided("reboot-flavour-switch", state("580.95.05", "proprietary", "580.95.05", "open")),
+        decided("reboot-nothing-to-do", state("580.95.05", "open", "580.95.05", "open", gpus="8")),
+        decided("reboot-none-loaded", state("", "", "580.95.05", "open")),
+        decided("reboot-new-version", state("580.82.07", "open", "580.95.05", "open")),
+        # modinfo found no module for the running kernel: the plan's flavour is what is installed.
+        decided("reboot-flavour-from-plan", state("580.95.05", "proprietary", "580.95.05", "")),
+        decided("after-reboot-a-gpu-missing", state("580.95.05", "open", "580.95.05", "open", gpus="7")),
+        decided("after-reboot-no-module", state("", "", "580.95.05", "open")),
+    ]
+)
 
 
 @cache
@@ -123,10 +173,11 @@ def rendered(tmp_root: str) -> dict[str, dict[str, Any]]:
     plans: dict[str, dict[str, Any]] = {}
     for name in HOSTS:
         plans[name] = {}
-        for role in ROLES:
-            path = out / name / f"{role['name']}.json"
+        for role in ROLES + DECISIONS:
+            key = role.get("key", role["name"])
+            path = out / name / f"{key}.json"
             if path.is_file():
-                plans[name][role["name"]] = json.loads(path.read_text())
+                plans[name][key] = json.loads(path.read_text())
     if proc.returncode != 0 and not any(plans.values()):
         pytest.fail(
             f"render.yml failed (rc={proc.returncode}):\n{proc.stdout[-5000:]}\n{proc.stderr[-3000:]}"
@@ -142,14 +193,16 @@ def plans(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, Any]]
 def plan(plans: dict[str, dict[str, Any]], name: str, role: str = "nvidia_driver") -> dict[str, Any]:
     found = plans[name].get(role)
     assert found is not None, f"{role} wrote no plan for {name} (no tasks/plan.yml?)"
-    assert "failed" not in found, f"{role} refused {name}: {found['failed']}"
+    assert not (isinstance(found, dict) and "failed" in found), f"{role} refused {name}: {found['failed']}"
     return found
 
 
 def refusal(plans: dict[str, dict[str, Any]], name: str, role: str = "nvidia_driver") -> str:
     found = plans[name].get(role)
     assert found is not None, f"{role} wrote nothing for {name} (no tasks/plan.yml?)"
-    assert "failed" in found, f"{role} accepted {name}, which it must refuse: {found}"
+    assert isinstance(found, dict) and "failed" in found, (
+        f"{role} accepted {name}, which it must refuse: {found}"
+    )
     return found["failed"]
 
 
@@ -269,9 +322,19 @@ def test_a_pinned_version_applies_to_the_packages_of_that_version_only(plans) ->
     p = plan(plans, "debian12-distro-535-pinned")
     pinned = {pkg.split("=")[0]: pkg.partition("=")[2] for pkg in p["packages"] + p["kernel_module_packages"]}
     assert pinned["nvidia-smi"] == "535.247.01-1~deb12u1"
-    assert pinned["nvidia-kernel-open-dkms"] == "535.247.01-1~deb12u1"
+    assert pinned["libcuda1"] == "535.247.01-1~deb12u1"
+    # bookworm's nvidia-open-kernel-dkms lags its user space (535.261.03 against
+    # 535.309.01, read 2026-12-04): the distro source keeps the proprietary modules.
+    assert p["open_kernel_modules"] is False
+    assert pinned["nvidia-kernel-dkms"] == "535.247.01-1~deb12u1"
     # nvidia-persistenced is versioned on its own (535.171.04-1~deb12u1 in bookworm).
     assert pinned["nvidia-persistenced"] == ""
+    assert p["hold_version_prefix"] == "535."
+
+
+def test_debian_distro_source_refuses_forced_open_modules(plans) -> None:
+    msg = refusal(plans, "debian12-distro-535-open")
+    assert "nvidia_driver_kernel_modules: proprietary" in msg and "nvidia_driver_source: cuda" in msg, msg
 
 
 # --- Persistence mode (defect 7) ---
@@ -287,6 +350,52 @@ def test_persistence_mode_dropin_everywhere(plans) -> None:
         assert exec_lines[1].startswith("ExecStart=/usr/bin/nvidia-persistenced"), dropin
 
 
+# --- The reboot decision compares version and flavour (defect 3) ---
+
+
+def test_a_flavour_switch_at_the_same_version_reboots(plans) -> None:
+    assert plan(plans, "reboot-flavour-switch", role="reboot") is True
+    assert plan(plans, "reboot-flavour-from-plan", role="reboot") is True
+    assert plan(plans, "reboot-nothing-to-do", role="reboot") is False
+
+
+def test_a_new_version_or_no_module_reboots(plans) -> None:
+    assert plan(plans, "reboot-new-version", role="reboot") is True
+    assert plan(plans, "reboot-none-loaded", role="reboot") is True
+
+
+# --- After the reboot: the module really loaded and sees every GPU (defect 2) ---
+
+
+def test_after_reboot_the_check_passes_when_the_driver_sees_every_gpu(plans) -> None:
+    assert plan(plans, "reboot-nothing-to-do", role="loaded")["gpus"] == "8"
+
+
+def test_after_reboot_a_missing_gpu_fails_the_play(plans) -> None:
+    msg = refusal(plans, "after-reboot-a-gpu-missing", role="loaded")
+    assert "7 of 8 GPUs" in msg, msg
+
+
+def test_after_reboot_a_module_that_did_not_load_fails_the_play(plans) -> None:
+    msg = refusal(plans, "after-reboot-no-module", role="loaded")
+    assert "no NVIDIA module" in msg and "580.95.05" in msg, msg
+
+
+# --- Fleet: unattended-upgrades never move the driver, the toolkit or the kernel ---
+
+
+def test_unattended_upgrades_keep_driver_toolkit_and_kernel_out(plans) -> None:
+    conf = plan(plans, "ubuntu2404-h100")["unattended_upgrades"]
+    entries = re.findall(r'^\s+"([^"]+)";$', conf, re.MULTILINE)
+    assert "Unattended-Upgrade::Package-Blacklist {" in conf, conf
+    for name in ("nvidia-utils-580-server", "libnvidia-container1", "nvidia-container-toolkit", "libcuda1",
+                 "linux-image-6.8.0-45-generic", "linux-modules-nvidia-580-server-open-generic"):  # fmt: skip
+        assert any(re.match(entry, name) for entry in entries), (name, entries)
+    assert not any(re.match(entry, "openssl") for entry in entries)
+    off = plan(plans, "debian12-upgrades-off")["unattended_upgrades"]
+    assert 'APT::Periodic::Unattended-Upgrade "0";' in off, off
+
+
 # --- Fleet defaults: daemon.json for GPU jobs ---
 
 
@@ -296,3 +405,12 @@ def test_docker_daemon_defaults_gpu_jobs_need(plans) -> None:
     memlock = config["default-ulimits"]["memlock"]
     assert memlock == {"Name": "memlock", "Soft": -1, "Hard": -1}  # RDMA registers pinned memory
     assert config["live-restore"] is True
+    assert "features" not in config  # CDI on only where asked (docker.io 20.10 has none)
+    # Without the NVIDIA runtime (no GPU host), daemon.json stays Docker's own.
+    plain = plan(plans, "debian12-h100", role="docker_engine")
+    assert "default-shm-size" not in plain and "default-ulimits" not in plain
+
+
+def test_docker_cdi_feature_where_asked(plans) -> None:
+    config = plan(plans, "ubuntu2404-cuda-h100", role="docker_engine")
+    assert config["features"] == {"cdi": True}

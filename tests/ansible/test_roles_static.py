@@ -23,14 +23,35 @@ from tests.ansible.conftest import ANSIBLE_DIR, BIN, tool_env
 pytestmark = pytest.mark.ansible
 
 # The roles held to the contract below; a new role joins this tuple.
-ROLES = ("gpu_facts", "nvidia_driver", "docker_engine", "nvidia_container_toolkit", "envkit")
+ROLES = (
+    "gpu_facts",
+    "nvidia_driver",
+    "nvidia_fabricmanager",
+    "docker_engine",
+    "nvidia_container_toolkit",
+    "dcgm",
+    "envkit",
+)
 # Roles with per-release variables (vars/<distribution>-<major>.yml through first_found).
 OS_RELEASES = ("Debian-12", "Ubuntu-22", "Ubuntu-24")
-OS_ROLES = ("nvidia_driver", "docker_engine", "nvidia_container_toolkit", "envkit")
-# Role defaults that are the version matrix's values (envkit/data/matrix.yaml, `ansible:`).
+OS_ROLES = (
+    "nvidia_driver",
+    "nvidia_fabricmanager",
+    "docker_engine",
+    "nvidia_container_toolkit",
+    "dcgm",
+    "envkit",
+)
+# Role defaults that are the version matrix's values (envkit/data/matrix.yaml, `ansible:`):
+# matrix key -> the (role, variable) defaults that carry it (site.yml passes the matrix's).
 MATRIX_DEFAULTS = {
-    "nvidia_driver_branch": "nvidia_driver",
-    "nvidia_container_toolkit_version": "nvidia_container_toolkit",
+    "nvidia_driver_branch": (
+        ("nvidia_driver", "nvidia_driver_branch"),
+        ("nvidia_fabricmanager", "nvidia_fabricmanager_branch"),
+    ),
+    "nvidia_container_toolkit_version": (("nvidia_container_toolkit", "nvidia_container_toolkit_version"),),
+    "dcgm_major_version": (("dcgm", "dcgm_major_version"),),
+    "dcgm_cuda_major_version": (("dcgm", "dcgm_cuda_major_version"),),
 }
 
 
@@ -123,16 +144,39 @@ def test_role_version_defaults_equal_the_matrix() -> None:
     """Standalone roles carry the matrix's versions as plain defaults; they must not drift."""
     matrix = matrix_ansible()
     assert set(MATRIX_DEFAULTS) == set(matrix), "a matrix key without a role default (or the reverse)"
-    for var, role in MATRIX_DEFAULTS.items():
-        default = load_yaml(ANSIBLE_DIR / "roles" / role / "defaults" / "main.yml")[var]
-        assert default == matrix[var], f"{role}: {var} is {default!r}, the matrix says {matrix[var]!r}"
+    for key, carriers in MATRIX_DEFAULTS.items():
+        for role, var in carriers:
+            default = load_yaml(ANSIBLE_DIR / "roles" / role / "defaults" / "main.yml")[var]
+            assert default == matrix[key], f"{role}: {var} is {default!r}, the matrix says {matrix[key]!r}"
 
 
 def test_site_playbook_passes_the_matrix_versions() -> None:
     plays = load_yaml_list(ANSIBLE_DIR / "playbooks" / "site.yml")
     roles = {r["role"]: r for r in plays[0]["roles"]}
-    for var, role in MATRIX_DEFAULTS.items():
-        assert roles[role]["vars"][var] == f"{{{{ envkit_matrix.ansible.{var} }}}}", var
+    for key, carriers in MATRIX_DEFAULTS.items():
+        for role, var in carriers:
+            assert roles[role]["vars"][var] == f"{{{{ envkit_matrix.ansible.{key} }}}}", var
+
+
+def test_site_playbook_order_and_gpu_conditions() -> None:
+    """Fabric Manager and DCGM after the driver, on GPU hosts only; accept off by default."""
+    play = load_yaml_list(ANSIBLE_DIR / "playbooks" / "site.yml")[0]
+    order = [r["role"] for r in play["roles"]]
+    assert order.index("nvidia_driver") < order.index("nvidia_fabricmanager")
+    assert order.index("nvidia_driver") < order.index("dcgm")
+    roles = {r["role"]: r for r in play["roles"]}
+    for role in ("nvidia_driver", "nvidia_fabricmanager", "nvidia_container_toolkit", "dcgm"):
+        assert roles[role]["when"] == "gpu_facts_nvidia_present | bool", role
+    assert (
+        "gpu_facts_nvswitch_present"
+        in roles["nvidia_fabricmanager"]["vars"]["nvidia_fabricmanager_nvswitch_present"]
+    )
+    accept = [
+        t
+        for t in play["post_tasks"]
+        if t.get("ansible.builtin.import_role", {}).get("tasks_from") == "accept.yml"
+    ]
+    assert len(accept) == 1 and accept[0]["tags"] == ["never", "accept"], play["post_tasks"]
 
 
 def load_yaml_list(path: Path) -> list:
@@ -227,16 +271,20 @@ def test_no_version_literal_of_the_matrix_elsewhere_in_ansible() -> None:
     """The matrix's versions appear once each: as the owning role's default."""
     matrix = matrix_ansible()
     allowed = {
-        (f"roles/{role}/defaults/main.yml", f'{var}: "{matrix[var]}"')
-        for var, role in MATRIX_DEFAULTS.items()
+        (f"roles/{role}/defaults/main.yml", f'{var}: "{matrix[key]}"')
+        for key, carriers in MATRIX_DEFAULTS.items()
+        for role, var in carriers
     }
+    # A one- or two-digit major ("4", "13") cannot be told from any other number
+    # in a line; the default-equals-matrix test above holds those.
+    versions = [v for v in matrix.values() if len(v) >= 3]
     offenders = []
     for path in ANSIBLE_DIR.rglob("*.yml"):
         rel = str(path.relative_to(ANSIBLE_DIR))
-        if rel.startswith(".cache/"):
+        if rel.startswith((".cache/", ".ansible/")):  # ansible-lint's caches
             continue
         for line in path.read_text().splitlines():
-            for value in matrix.values():
+            for value in versions:
                 # "580" as a version, not as the start of "580.95.05" in an example.
                 if (
                     re.search(rf"(?<![\w.]){re.escape(value)}(?![\w.])", line)

@@ -91,8 +91,10 @@ def run_playbook(playbook: str, *args: str, timeout: int = 900) -> dict[str, Any
     inventory = Path(os.environ["MOLECULE_INVENTORY_FILE"]).parent
     with tempfile.TemporaryDirectory(prefix="envkit-stats-") as tmp:
         env = {**os.environ, "ENVKIT_STATS_DIR": tmp, "ANSIBLE_NOCOLOR": "1"}
+        # --limit: the scenario's mirror is in the inventory too; only targets are provisioned.
+        argv = ["ansible-playbook", "-i", str(inventory), "--limit", "targets", str(ansible_dir / playbook)]
         proc = subprocess.run(
-            ["ansible-playbook", "-i", str(inventory), str(ansible_dir / playbook), *args],
+            [*argv, *args],
             cwd=ansible_dir, env=env, capture_output=True, text=True, timeout=timeout, check=False,
         )  # fmt: skip
         recorded = sorted(Path(tmp).glob("*.json"))

@@ -1,7 +1,7 @@
 """playbooks/site.yml end to end on one target: the upgrade the converge made
 (the toolkit pinned at an old version by prepare.yml), what every role promises
 on the converged machine, verify.yml, and the plays that must stop (a released
-hold, doctor's findings, Secure Boot) or only show (the CUDA branch in check mode).
+hold, doctor's findings, Secure Boot, accept's findings).
 """
 
 from __future__ import annotations
@@ -28,8 +28,12 @@ TOOLKIT = (
     "libnvidia-container-tools",
     "libnvidia-container1",
 )
-DRIVER = ("nvidia-kernel-dkms", "nvidia-smi", "libcuda1", "nvidia-persistenced", "firmware-nvidia-gsp")
+# NVIDIA's CUDA repository (the stand-in): the driver's compute set with the open
+# modules (no GPU older than Turing is known here), all of the matrix's branch.
+DRIVER = ("nvidia-driver-cuda", "nvidia-persistenced", "nvidia-kernel-open-dkms", "libcuda1", "nvidia-smi")
+DCGM = ("datacenter-gpu-manager-4-core", "datacenter-gpu-manager-4-cuda13")
 MIRROR = "http://envkit-mol-site-mirror:8080"
+CUDA_REPO = f"{MIRROR}/compute/cuda/repos/debian12/x86_64"
 FAKE_MOKUTIL = "#!/bin/sh\necho 'SecureBoot enabled'\n"
 
 
@@ -92,16 +96,40 @@ def test_sources_use_signed_by_keyrings(host) -> None:
     toolkit = host.file("/etc/apt/sources.list.d/envkit-nvidia-container-toolkit.sources")
     assert toolkit.contains("^Signed-By: /etc/apt/keyrings/nvidia-container-toolkit.asc$")
     assert toolkit.contains(f"^URIs: {MIRROR}/libnvidia-container/stable/deb/amd64$")
-    nonfree = host.file("/etc/apt/sources.list.d/envkit-debian-nonfree.sources")
-    assert nonfree.contains("^Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg$")
+    cuda = host.file("/etc/apt/sources.list.d/envkit-nvidia-cuda.sources")
+    assert cuda.mode == 0o644 and cuda.contains(f"^URIs: {CUDA_REPO}/$")
+    assert cuda.contains("^Signed-By: /etc/apt/keyrings/nvidia-cuda.asc$")
+    # One entry for the driver, DCGM (and Fabric Manager): no second Signed-By for one URL.
+    entries = host.check_output(f"grep -rl '{CUDA_REPO}' /etc/apt/sources.list.d/").split()
+    assert entries == ["/etc/apt/sources.list.d/envkit-nvidia-cuda.sources"], entries
+    assert not host.file("/etc/apt/sources.list.d/envkit-debian-nonfree.sources").exists
 
 
-def test_driver_and_toolkit_packages_are_held(host) -> None:
+def test_driver_toolkit_and_dcgm_packages_are_held(host, matrix) -> None:
     holds = held(host)
     for pkg in DRIVER:
         assert host.package(pkg).is_installed, pkg
-    for pkg in DRIVER + TOOLKIT:
+        assert host.package(pkg).version.startswith(f"{matrix['nvidia_driver_branch']}."), pkg
+    for pkg in DRIVER + TOOLKIT + DCGM:
         assert pkg in holds, f"{pkg} not held"
+
+
+def test_dcgm_runs_and_no_fabric_manager_without_nvswitch(host, matrix) -> None:
+    """DCGM of the matrix's major from the driver's repository; this host has no
+    NVSwitch on its PCI bus, so Fabric Manager is neither installed nor its repository entry doubled."""
+    assert DCGM[0] == f"datacenter-gpu-manager-{matrix['dcgm_major_version']}-core"
+    assert DCGM[1].endswith(f"-cuda{matrix['dcgm_cuda_major_version']}")
+    assert host.service("nvidia-dcgm").is_enabled and host.service("nvidia-dcgm").is_running
+    versions = {host.package(p).version for p in DCGM}
+    assert len(versions) == 1, versions
+    assert not host.package(f"nvidia-fabricmanager-{matrix['nvidia_driver_branch']}").is_installed
+    assert not host.package("nvlsm").is_installed
+    assert not host.file("/usr/lib/systemd/system/nvidia-fabricmanager.service").exists
+    first = runs("converge.yml", check=False)[0]
+    assert any(
+        "Fabric Manager is not needed" in m
+        for m in messages(first, "Say why Fabric Manager is not installed")
+    )
 
 
 def test_nouveau_is_blacklisted_persistenced_enabled_and_the_gpu_fact_installed(host) -> None:
@@ -164,21 +192,43 @@ def test_secure_boot_policy_fail_stops_the_driver_role(host) -> None:
     assert any("Secure Boot is enabled on" in m for m in failed_messages(run)), failed_messages(run)
 
 
-def test_cuda_repository_branch_in_check_mode(host, matrix) -> None:
-    """NVIDIA's CUDA repository (unreachable here: its URLs point at the mirror) in
-    --check --diff: the deb822 source it would write, and nothing written."""
+ACCEPT_CLI = "/opt/envkit/venv/bin/envkit"
+
+
+def test_accept_tag_is_off_by_default() -> None:
+    first = runs("converge.yml", check=False)[0]
+    assert not [t for t in first["tasks"] if "Run envkit accept" in t["task"]]
+
+
+def test_accept_tag_on_a_cpu_run_passes_and_reports_the_verdict() -> None:
+    """`--tags accept` with a short CPU soak (the target's CLI has no torch): accepted."""
     run = run_playbook(
-        "playbooks/site.yml", "--tags", "nvidia_driver", "--check", "--diff",
-        "-e", "nvidia_driver_source=cuda",
-        "-e", f"nvidia_driver_cuda_repo_url={MIRROR}/cuda/debian12/x86_64",
-        "-e", f"nvidia_driver_cuda_key_url={MIRROR}/libnvidia-container/gpgkey",
+        "playbooks/site.yml", "--tags", "accept",
+        "-e", '{"envkit_accept_args": ["--device", "cpu", "--duration", "5s", "--skip", "memory,allreduce"]}',
     )  # fmt: skip
-    assert run["rc"] == 0, failed_messages(run)
-    source = [t for t in run["tasks"] if t["task"].endswith("Add the CUDA repository (deb822, signed-by)")]
-    assert source and "Signed-By: /etc/apt/keyrings/nvidia-cuda.asc" in source[0].get("diff_after", ""), (
-        source
+    assert run["rc"] == 0 and total(run, "changed") == 0, failed_messages(run)
+    said = messages(run, "Report accept's verdict")
+    assert said and "accepted" in said[0], said
+
+
+def test_accept_fails_the_host_with_the_verdicts_findings() -> None:
+    """A wrong product injected into the soak (the CLI's test hook): the host fails, naming it."""
+    run = run_playbook(
+        "playbooks/site.yml", "--tags", "accept",
+        "-e", f'{{"envkit_accept_command": ["env", "ENVKIT_ACCEPT_FAULTS=wrong=0", "{ACCEPT_CLI}"]}}',
+        "-e", '{"envkit_accept_args": ["--device", "cpu", "--duration", "5s", "--skip", "memory,allreduce"]}',
+    )  # fmt: skip
+    assert run["rc"] != 0 and total(run, "changed") == 0
+    found = failed_messages(run)
+    assert any("envkit accept does not accept" in m and "(exit 1" in m and "[soak]" in m for m in found), (
+        found
     )
-    assert f"URIs: {MIRROR}/cuda/debian12/x86_64/" in source[0]["diff_after"]
-    install = [t for t in run["tasks"] if t["task"].endswith("Install the driver packages")]
-    assert install and f"cuda-drivers-{matrix['nvidia_driver_branch']}" in install[0].get("msg", ""), install
-    assert not host.file("/etc/apt/sources.list.d/envkit-nvidia-cuda.sources").exists
+
+
+def test_accept_on_a_gpu_host_refuses_a_cpu_only_run() -> None:
+    """gpu_facts says GPU (forced here): site.yml asks for --device gpu, which a CLI
+    without CUDA torch refuses; the host fails instead of being accepted on its CPU."""
+    run = run_playbook("playbooks/site.yml", "--tags", "accept")
+    assert run["rc"] != 0
+    found = failed_messages(run)
+    assert any("(exit 2" in m and "torch sees no CUDA GPU" in m for m in found), found

@@ -30,7 +30,11 @@ def test_packages_of_the_major_at_one_version_and_held(host) -> None:
 def test_host_engine_service_enabled_and_running(host) -> None:
     svc = host.service("nvidia-dcgm")
     assert svc.is_enabled and svc.is_running
-    assert host.process.filter(comm="sleep") or host.process.filter(comm="nv-hostengine")
+    # The unit runs the host engine (the image has no ps: systemd's own answer).
+    unit = host.check_output("systemctl show --property=ExecStart,MainPID nvidia-dcgm")
+    assert "path=/usr/bin/nv-hostengine" in unit
+    pid = int(next(line for line in unit.splitlines() if line.startswith("MainPID=")).split("=", 1)[1])
+    assert pid > 0 and host.file(f"/proc/{pid}").is_directory
 
 
 def test_repository_entry_is_signed_and_used(host) -> None:
