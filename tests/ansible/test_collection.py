@@ -16,18 +16,9 @@ import pytest
 import yaml
 
 from tests.ansible.conftest import ANSIBLE_DIR, BIN, tool_env
+from tests.ansible.test_roles_static import ROLES
 
 pytestmark = pytest.mark.ansible
-
-ROLES = (
-    "gpu_facts",
-    "nvidia_driver",
-    "nvidia_fabricmanager",
-    "docker_engine",
-    "nvidia_container_toolkit",
-    "dcgm",
-    "envkit",
-)
 
 
 def run(*args: str, cwd: Path, **env: str) -> subprocess.CompletedProcess[str]:

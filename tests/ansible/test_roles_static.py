@@ -34,14 +34,7 @@ ROLES = (
 )
 # Roles with per-release variables (vars/<distribution>-<major>.yml through first_found).
 OS_RELEASES = ("Debian-12", "Ubuntu-22", "Ubuntu-24")
-OS_ROLES = (
-    "nvidia_driver",
-    "nvidia_fabricmanager",
-    "docker_engine",
-    "nvidia_container_toolkit",
-    "dcgm",
-    "envkit",
-)
+OS_ROLES = tuple(role for role in ROLES if role != "gpu_facts")  # gpu_facts reads sysfs only
 # Role defaults that are the version matrix's values (envkit/data/matrix.yaml, `ansible:`):
 # matrix key -> the (role, variable) defaults that carry it (site.yml passes the matrix's).
 MATRIX_DEFAULTS = {
