@@ -464,9 +464,9 @@ def prune_cache(
         raise UsageError(f"--unused-for-h {unused_for_h} is negative; pass 0 or more hours")
     try:
         result = prune_build_cache(_client(), unused_for_h * 3600.0)
+    except CheckFailed:
+        raise
     except Exception as exc:  # docker.errors.APIError: an engine without BuildKit's cache API
-        if isinstance(exc, CheckFailed):
-            raise
         raise CheckFailed(f"pruning the build cache failed: {exc}") from None
     doc = {
         "removed": result.removed,
